@@ -1,0 +1,25 @@
+"""Logit-distillation losses behind one interface (see :mod:`lud.losses.base`).
+
+>>> from lud.losses import build_loss
+>>> loss = build_loss("lud")
+>>> out = loss(student_logits, teacher_logits, targets, epoch=3.0)  # doctest: +SKIP
+>>> out.total.backward()  # doctest: +SKIP
+"""
+
+from .base import DistillationLoss, LossOutput, validate_logits
+from .registry import available_losses, build_loss, loss_class, register_loss
+
+# Importing the method modules registers them.
+from . import ce, kd, dkd, dist, ctkd, mlkd, lud  # noqa: E402,F401  (registration side effect)
+from .standardize import standardize_logits  # noqa: E402
+
+__all__ = [
+    "DistillationLoss",
+    "LossOutput",
+    "validate_logits",
+    "available_losses",
+    "build_loss",
+    "loss_class",
+    "register_loss",
+    "standardize_logits",
+]

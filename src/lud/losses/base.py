@@ -1,0 +1,163 @@
+"""The one interface every distillation loss in :mod:`lud.losses` follows.
+
+A loss is an :class:`torch.nn.Module` called as ``loss(student_logits, teacher_logits, targets,
+epoch=0.0)``. It returns a :class:`LossOutput`: ``total`` is the scalar to back-propagate,
+``terms`` are named scalar tensors that add up to ``total`` (so a user sees what each part
+contributes) and ``stats`` are floats for logging.
+
+Subclasses implement :meth:`DistillationLoss.compute` only. The base class
+
+* validates inputs (shapes, dtypes, class counts, target range, finiteness) and raises a
+  ``ValueError`` that names the problem;
+* computes in float32 with autocast switched off, whatever the caller's precision, because
+  softmax/KL/rank statistics in bf16/fp16 lose the small probabilities distillation lives on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LossOutput", "DistillationLoss", "validate_logits"]
+
+
+@dataclass
+class LossOutput:
+    """Result of a loss call.
+
+    Attributes:
+        total: scalar tensor to back-propagate; equals ``sum(terms.values())``.
+        terms: named scalar tensors (weights already applied) that sum to ``total``.
+        stat_tensors: detached scalar tensors for logging. Kept as tensors so that a training
+            step does not force a device synchronisation; read them through :attr:`stats`.
+    """
+
+    total: Tensor
+    terms: dict[str, Tensor]
+    stat_tensors: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Logging statistics as Python floats (synchronises with the device)."""
+        return {k: float(v) for k, v in self.stat_tensors.items()}
+
+
+def validate_logits(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    targets: Tensor | None,
+    *,
+    check_finite: bool = True,
+) -> None:
+    """Raise ``ValueError`` naming the problem if the inputs cannot be distilled on."""
+    if not isinstance(student_logits, Tensor):
+        raise ValueError(f"student_logits must be a torch.Tensor, got {type(student_logits).__name__}")
+    if student_logits.dim() != 2:
+        raise ValueError(
+            f"student_logits must have shape (batch, classes), got shape {tuple(student_logits.shape)}"
+        )
+    if not student_logits.is_floating_point():
+        raise ValueError(f"student_logits must be floating point, got dtype {student_logits.dtype}")
+    batch, classes = student_logits.shape
+    if batch < 1:
+        raise ValueError("student_logits has an empty batch (batch size 0)")
+    if classes < 2:
+        raise ValueError(f"need at least 2 classes, student_logits has {classes}")
+    if teacher_logits is not None:
+        if not isinstance(teacher_logits, Tensor):
+            raise ValueError(f"teacher_logits must be a torch.Tensor, got {type(teacher_logits).__name__}")
+        if not teacher_logits.is_floating_point():
+            raise ValueError(f"teacher_logits must be floating point, got dtype {teacher_logits.dtype}")
+        if teacher_logits.dim() != 2:
+            raise ValueError(
+                f"teacher_logits must have shape (batch, classes), got shape {tuple(teacher_logits.shape)}"
+            )
+        if teacher_logits.shape[1] != classes:
+            raise ValueError(
+                f"class-count mismatch: student_logits has {classes} classes, "
+                f"teacher_logits has {teacher_logits.shape[1]}"
+            )
+        if teacher_logits.shape[0] != batch:
+            raise ValueError(
+                f"batch-size mismatch: student_logits has {batch} rows, "
+                f"teacher_logits has {teacher_logits.shape[0]}"
+            )
+    if targets is not None:
+        if not isinstance(targets, Tensor):
+            raise ValueError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+        if targets.dim() != 1 or targets.shape[0] != batch:
+            raise ValueError(
+                f"targets must have shape ({batch},) to match the logits, got {tuple(targets.shape)}"
+            )
+        if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise ValueError(f"targets must be integer class indices, got dtype {targets.dtype}")
+        if batch > 0:
+            lo, hi = int(targets.min()), int(targets.max())
+            if lo < 0 or hi >= classes:
+                raise ValueError(
+                    f"targets out of range: values span [{lo}, {hi}] but there are {classes} classes"
+                )
+    if check_finite:
+        if not bool(torch.isfinite(student_logits).all()):
+            raise ValueError("student_logits contain NaN or Inf")
+        if teacher_logits is not None and not bool(torch.isfinite(teacher_logits).all()):
+            raise ValueError("teacher_logits contain NaN or Inf")
+
+
+class DistillationLoss(nn.Module):
+    """Base class: validation and float32 computation around :meth:`compute`.
+
+    Class attributes:
+        requires_teacher: ``False`` for losses that work without a teacher (``ce``).
+        requires_targets: ``False`` for purely teacher-driven losses.
+
+    Args:
+        validate: check the inputs on every call (one device sync for the finiteness test;
+            switch off in tight loops once the pipeline is trusted).
+    """
+
+    requires_teacher: bool = True
+    requires_targets: bool = True
+
+    def __init__(self, validate: bool = True) -> None:
+        super().__init__()
+        self.validate = validate
+
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None = None,
+        targets: Tensor | None = None,
+        epoch: float = 0.0,
+    ) -> LossOutput:
+        if self.requires_teacher and teacher_logits is None:
+            raise ValueError(f"loss '{type(self).__name__}' needs teacher_logits, got None")
+        if self.requires_targets and targets is None:
+            raise ValueError(f"loss '{type(self).__name__}' needs targets, got None")
+        if self.validate:
+            validate_logits(student_logits, teacher_logits, targets)
+        device_type = student_logits.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            s = student_logits.float()
+            t = None if teacher_logits is None else teacher_logits.detach().float()
+            y = None if targets is None else targets.long()
+            out = self.compute(s, t, y, float(epoch))
+        return out
+
+    def compute(
+        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor | None, epoch: float
+    ) -> LossOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def output(terms: dict[str, Tensor], stats: dict[str, Tensor] | None = None) -> LossOutput:
+        """Build a :class:`LossOutput` whose total is the sum of ``terms``."""
+        total = sum(terms.values(), start=torch.zeros((), device=next(iter(terms.values())).device))
+        return LossOutput(
+            total=total,
+            terms=terms,
+            stat_tensors={k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v))
+                          for k, v in (stats or {}).items()},
+        )

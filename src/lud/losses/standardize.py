@@ -1,0 +1,3 @@
+"""Placeholder: being written."""
+def standardize_logits(x, eps=None):  # replaced by the real implementation
+    raise NotImplementedError
