@@ -1,0 +1,33 @@
+# Two entry points: `make demo` (the main job on the embedded default data) and `make test`.
+# Both create the virtual environment on first use; pip (not uv/poetry) so that the local torch
+# wheels are found. torch and torchvision are pinned together: an unpinned torchvision next to a
+# different torch silently swaps torch.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench-loss clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[vision,tensorboard,dev]' $(TORCH_PINS)
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/lud demo
+
+test: $(VENV)/.installed
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks
+
+bench-loss: $(VENV)/.installed
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/loss_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
