@@ -1,0 +1,341 @@
+"""Tests for lud.ranking: soft/hard ranks and (soft) Spearman / Pearson correlation.
+
+References are independent: scipy.stats.rankdata / spearmanr, numpy.corrcoef, and a naive
+O(n^2) autograd implementation of the pairwise-sigmoid formula written out here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import rankdata, spearmanr
+
+from lud import ranking
+from lud.ranking import available_backends, hard_rank, pearson, resolve_backend, soft_rank, spearman
+
+
+def _scipy_spearman_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise scipy Spearman; scipy's NaN for a constant row is our documented 0."""
+    vals = []
+    for x, y in zip(a.double().numpy(), b.double().numpy()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns on constant input
+            r = spearmanr(x, y).statistic
+        vals.append(0.0 if np.isnan(r) else r)
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+def _naive_soft_rank(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """rank_i = 1 + sum_{j != i} sigmoid((z_i - z_j)/strength), z = population z-score; autograd."""
+    z = (x - x.mean(-1, keepdim=True)) / x.std(-1, correction=0, keepdim=True)
+    s = torch.sigmoid((z.unsqueeze(-1) - z.unsqueeze(-2)) / strength)
+    eye = torch.eye(x.shape[-1], dtype=torch.bool)
+    return 1 + s.masked_fill(eye, 0).sum(-1)
+
+
+@pytest.fixture
+def no_torchsort(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ranking, "_load_torchsort", lambda: None)
+
+
+# ----------------------------------------------------------------------------- hard ranks
+
+
+def test_hard_rank_matches_rankdata_with_ties_any_dim() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (3, 5, 9), generator=g).float()
+    for dim in (0, 1, 2, -1):
+        expected = rankdata(x.numpy(), axis=dim)
+        assert np.array_equal(hard_rank(x, dim=dim).numpy(), expected)
+    xi = torch.randint(-3, 3, (4, 7), generator=g)  # integer input is accepted
+    assert np.array_equal(hard_rank(xi).numpy(), rankdata(xi.numpy(), axis=-1))
+
+
+def test_hard_rank_nan_row_propagates_and_has_no_grad() -> None:
+    x = torch.tensor([[1.0, float("nan"), 0.0], [3.0, 1.0, 2.0]], requires_grad=True)
+    r = hard_rank(x)
+    assert torch.isnan(r[0]).all()
+    assert r[1].tolist() == [3.0, 1.0, 2.0]
+    assert not r.requires_grad
+
+
+def test_hard_backend_exact_and_gradient_free() -> None:
+    x = torch.tensor([[0.3, -1.0, 0.3, 2.0, 0.3]], requires_grad=True)
+    r = soft_rank(x, backend="hard")
+    assert r.tolist() == [rankdata(x.detach().numpy()[0]).tolist()]
+    assert not r.requires_grad
+    assert not spearman(x, torch.randn(1, 5), backend="hard").requires_grad
+
+
+# ----------------------------------------------------------------------------- pairwise soft ranks
+
+
+def test_pairwise_soft_rank_matches_rankdata_with_ties() -> None:
+    g = torch.Generator().manual_seed(1)
+    ties = torch.randint(0, 5, (6, 15), generator=g).float()  # heavy ties, gaps >= 1 unit
+    r = soft_rank(ties, strength=1e-3, backend="pairwise")
+    np.testing.assert_allclose(r.numpy(), rankdata(ties.numpy(), axis=-1), atol=1e-4)
+    cont = torch.randn(6, 40, generator=g, dtype=torch.float64)
+    r = soft_rank(cont, strength=1e-7, backend="pairwise")
+    np.testing.assert_allclose(r.numpy(), rankdata(cont.numpy(), axis=-1), atol=1e-6)
+
+
+def test_pairwise_matches_naive_formula_values_and_gradients() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    for strength in (0.05, 0.5, 3.0):
+        ours = soft_rank(x, strength=strength, backend="pairwise", chunk_rows=3)
+        ref = _naive_soft_rank(x, strength)
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+        g_ours = torch.autograd.grad((ours * w).sum(), x)[0]
+        g_ref = torch.autograd.grad((ref * w).sum(), x)[0]
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-8, atol=1e-10)
+
+
+def test_pairwise_gradcheck() -> None:
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: soft_rank(t, strength=0.3, backend="pairwise", chunk_rows=2), (x,)
+    )
+
+
+def test_chunked_equals_unchunked_values_and_gradients() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 50, generator=g, requires_grad=True)
+    w = torch.randn(7, 50, generator=g)
+    results = []
+    for chunk in (1, 3, 7, None):
+        r = soft_rank(x, strength=0.05, backend="pairwise", chunk_rows=chunk)
+        results.append((r.detach(), torch.autograd.grad((r * w).sum(), x)[0]))
+    for r, grad in results[1:]:
+        assert torch.equal(r, results[0][0])
+        torch.testing.assert_close(grad, results[0][1], rtol=1e-6, atol=1e-6)
+
+
+def test_pairwise_memory_1000x1000_under_512mb() -> None:
+    # torch allocations are invisible to tracemalloc: measure the process's peak RSS instead,
+    # in a fresh interpreter so that other tests' allocations do not count.
+    code = textwrap.dedent(
+        """
+        import resource, torch
+        from lud.ranking import soft_rank
+        x = torch.randn(1000, 1000, requires_grad=True)
+        w = torch.randn(1000, 1000)
+        (soft_rank(x[:4, :50], backend="pairwise") * w[:4, :50]).sum().backward()  # warm-up
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        (soft_rank(x, backend="pairwise") * w).sum().backward()
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+        """
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    peak_mb = float(proc.stdout.strip().splitlines()[-1])
+    assert peak_mb < 512, f"forward+backward raised peak RSS by {peak_mb:.0f} MB"
+
+
+# ----------------------------------------------------------------------------- spearman / pearson
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spearman_matches_scipy_with_ties(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(4)
+    a = torch.randint(0, 6, (8, 30), generator=g).to(dtype)
+    b = (a + torch.randint(-2, 3, (8, 30), generator=g)).to(dtype)
+    b[0] = 1.0  # a constant row: scipy says NaN, we say 0
+    r = spearman(a, b, strength=1e-3, backend="pairwise")
+    assert r.dtype == dtype
+    np.testing.assert_allclose(r.double().numpy(), _scipy_spearman_rows(a, b).numpy(), atol=1e-3)
+
+
+def test_spearman_matches_scipy_continuous() -> None:
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(8, 60, generator=g, dtype=torch.float64)
+    b = 0.5 * a + torch.randn(8, 60, generator=g, dtype=torch.float64)
+    r = spearman(a, b, strength=1e-7, backend="pairwise")
+    np.testing.assert_allclose(r.numpy(), _scipy_spearman_rows(a, b).numpy(), atol=1e-3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=2, max_size=12))
+def test_spearman_property_small_integer_data(pairs: list[tuple[int, int]]) -> None:
+    a = torch.tensor([[p[0] for p in pairs]], dtype=torch.float64)
+    b = torch.tensor([[p[1] for p in pairs]], dtype=torch.float64)
+    r = spearman(a, b, strength=1e-4, backend="pairwise")
+    assert -1.0 <= float(r) <= 1.0
+    assert abs(float(r) - float(_scipy_spearman_rows(a, b)[0])) < 1e-3
+
+
+def test_pearson_matches_numpy() -> None:
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(5, 20, generator=g, dtype=torch.float64)
+    b = a + torch.randn(5, 20, generator=g, dtype=torch.float64)
+    expected = [np.corrcoef(x, y)[0, 1] for x, y in zip(a.numpy(), b.numpy())]
+    np.testing.assert_allclose(pearson(a, b).numpy(), expected, rtol=1e-12)
+    tiny = pearson(a * 1e-30, b * 1e-30)  # sums of squares would underflow without rescaling
+    np.testing.assert_allclose(tiny.numpy(), expected, rtol=1e-10)
+
+
+def test_spearman_gradient_flows_pairwise() -> None:
+    g = torch.Generator().manual_seed(7)
+    s = torch.randn(6, 20, generator=g, requires_grad=True)
+    t = torch.randn(6, 20, generator=g)
+    loss = 1 - spearman(s, t, backend="pairwise", strength=0.1).mean()
+    loss.backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    assert (s.grad.abs().sum(-1) > 0).all()
+    # a small step against the gradient raises the correlation
+    with torch.no_grad():
+        after = spearman(s - 0.05 * s.grad / s.grad.norm(), t, backend="pairwise", strength=0.1)
+    assert after.mean() > 1 - loss.detach()
+
+
+def test_degenerate_rows_constant_length1_length2() -> None:
+    const = torch.full((2, 6), 0.1, requires_grad=True)  # mean(0.1,...) != 0.1 in float32
+    other = torch.randn(2, 6)
+    assert soft_rank(const, backend="pairwise").tolist() == [[3.5] * 6] * 2
+    r = spearman(const, other, backend="pairwise")
+    r.sum().backward()
+    assert r.tolist() == [0.0, 0.0] and torch.isfinite(const.grad).all()
+
+    one = torch.randn(3, 1, requires_grad=True)
+    assert soft_rank(one).tolist() == [[1.0]] * 3
+    r = spearman(one, torch.randn(3, 1))
+    r.sum().backward()
+    assert r.tolist() == [0.0] * 3 and torch.isfinite(one.grad).all()
+
+    two = torch.tensor([[0.0, 1.0], [0.0, 1.0], [2.0, 2.0]], requires_grad=True)
+    ref = torch.tensor([[0.0, 5.0], [5.0, 0.0], [0.0, 1.0]])
+    r = spearman(two, ref, strength=1e-3, backend="pairwise")
+    torch.testing.assert_close(r, torch.tensor([1.0, -1.0, 0.0]))
+    r.sum().backward()
+    assert torch.isfinite(two.grad).all()
+
+
+def test_empty_dimension() -> None:
+    assert soft_rank(torch.empty(3, 0)).shape == (3, 0)
+    assert spearman(torch.empty(3, 0), torch.empty(3, 0)).tolist() == [0.0] * 3
+
+
+def test_dim0_matches_transposed_and_batched_3d() -> None:
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(25, 4, generator=g)
+    b = a + torch.randn(25, 4, generator=g)
+    torch.testing.assert_close(spearman(a, b, dim=0), spearman(a.T, b.T, dim=-1))
+    a3 = torch.randn(2, 15, 3, generator=g)
+    b3 = a3 + torch.randn(2, 15, 3, generator=g)
+    r = spearman(a3, b3, dim=1)
+    assert r.shape == (2, 3)
+    loop = torch.stack([spearman(a3[i].T, b3[i].T) for i in range(2)])
+    torch.testing.assert_close(r, loop)
+    np.testing.assert_allclose(
+        spearman(a3, b3, dim=1, strength=1e-5).flatten().numpy(),
+        [spearmanr(a3[i, :, j], b3[i, :, j]).statistic for i in range(2) for j in range(3)],
+        atol=1e-3,
+    )
+
+
+def test_invariant_to_positive_scale_and_shift() -> None:
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 30, generator=g)
+    y = torch.randn(4, 30, generator=g)
+    torch.testing.assert_close(soft_rank(7.5 * x - 3.0, strength=0.05), soft_rank(x, strength=0.05),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(spearman(1e3 * x + 50.0, 0.01 * y - 2.0), spearman(x, y),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_clamped_into_unit_interval() -> None:
+    g = torch.Generator().manual_seed(10)
+    a = torch.randn(200, 37, generator=g)
+    for r in (spearman(a, a), spearman(a, 3 * a + 1), spearman(a, -a), pearson(a, 2 * a - 1)):
+        assert r.abs().max() <= 1.0
+        torch.testing.assert_close(r.abs(), torch.ones(200), rtol=0, atol=1e-5)
+
+
+def test_bf16_input_gives_fp32_accurate_output() -> None:
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(5, 40, generator=g).bfloat16().requires_grad_()
+    b = torch.randn(5, 40, generator=g).bfloat16()
+    r = spearman(a, b, backend="pairwise")
+    assert r.dtype == torch.float32 and torch.isfinite(r).all()
+    torch.testing.assert_close(r, spearman(a.detach().float(), b.float(), backend="pairwise"),
+                               rtol=0, atol=1e-6)
+    r_small = spearman(a.detach(), b, backend="pairwise", strength=1e-4)
+    expected = _scipy_spearman_rows(a.detach().float(), b.float())
+    np.testing.assert_allclose(r_small.double().numpy(), expected.numpy(), atol=1e-3)
+    r.sum().backward()
+    assert a.grad is not None and a.grad.dtype == torch.bfloat16 and torch.isfinite(a.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r_autocast = spearman(a.detach().float(), b.float(), backend="pairwise")
+    torch.testing.assert_close(r_autocast, r.detach(), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ backends / validation
+
+
+def test_backend_resolution_without_torchsort(no_torchsort: None) -> None:
+    assert available_backends() == ["auto", "pairwise", "hard"]
+    x = torch.randn(2, 8)
+    assert resolve_backend("auto", x) == "pairwise"
+    assert torch.equal(soft_rank(x, backend="auto"), soft_rank(x, backend="pairwise"))
+    with pytest.raises(ImportError, match="pip install --no-build-isolation torchsort==0.1.10"):
+        soft_rank(x, backend="torchsort")
+
+
+def test_validation_errors() -> None:
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"unknown ranking backend 'sorted'.*pairwise.*torchsort"):
+        soft_rank(x, backend="sorted")
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(4, 3\)"):
+        spearman(x, x.T)
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(3, 5\)"):
+        pearson(x, torch.randn(3, 5))
+    with pytest.raises(ValueError, match="floating point.*torch.int64"):
+        spearman(torch.ones(3, 4, dtype=torch.long), x)
+    with pytest.raises(ValueError, match="floating point"):
+        soft_rank(torch.ones(3, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="dim=2 is out of range"):
+        soft_rank(x, dim=2)
+    with pytest.raises(ValueError, match="strength"):
+        soft_rank(x, strength=0.0)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        soft_rank(x, chunk_rows=0)
+    with pytest.raises(ValueError, match="0-d"):
+        soft_rank(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="eps"):
+        pearson(x, x, eps=-1.0)
+
+
+def test_torchsort_backend() -> None:
+    pytest.importorskip("torchsort")
+    ranking._load_torchsort.cache_clear()
+    assert "torchsort" in available_backends()
+    g = torch.Generator().manual_seed(12)
+    ties = torch.randint(0, 5, (6, 15), generator=g).float()
+    r = soft_rank(ties, strength=1e-3, backend="torchsort")
+    np.testing.assert_allclose(r.numpy(), rankdata(ties.numpy(), axis=-1), atol=1e-4)
+    a = torch.randn(4, 30, 3, generator=g, requires_grad=True)
+    b = a.detach() + torch.randn(4, 30, 3, generator=g)
+    assert resolve_backend("auto", a) == "torchsort"
+    r = spearman(a, b, dim=1, strength=1e-5, backend="torchsort")
+    np.testing.assert_allclose(
+        r.detach().flatten().numpy(),
+        [spearmanr(a.detach()[i, :, j], b[i, :, j]).statistic for i in range(4) for j in range(3)],
+        atol=1e-3,
+    )
+    spearman(a, b, dim=1, strength=0.1, backend="torchsort").sum().backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    assert spearman(torch.ones(2, 5), torch.randn(2, 5), backend="torchsort").tolist() == [0.0, 0.0]
