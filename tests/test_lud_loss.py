@@ -1,0 +1,686 @@
+"""LUD loss against an independent numpy/scipy reference (explicit loops, scipy.stats.spearmanr)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata, spearmanr
+
+from lud import ranking
+from lud.losses import build_loss
+from lud.losses.lud import (
+    LUDLoss,
+    batch_quantile,
+    category_spearman_loss,
+    confidence_mask,
+    dynamic_temperature,
+    gram_correlation_loss,
+    instance_kl,
+    map_temperature,
+    sample_spearman_loss,
+)
+
+torch.set_num_threads(1)
+HAS_TORCHSORT = "torchsort" in ranking.available_backends()
+SMALL = 1e-4  # rank strength at which soft ranks equal hard ranks on these inputs (z-scored rows)
+
+
+# ----------------------------------------------------------------- numpy reference
+def np_softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def np_log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x - x.max(axis=1, keepdims=True)
+    return m - np.log(np.exp(m).sum(axis=1, keepdims=True))
+
+
+def rho_s(a: np.ndarray, b: np.ndarray) -> float:
+    """scipy Spearman; 0 where undefined (constant or length-1 vectors)."""
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def rho_p(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def ref_temperature(zs, zt, mode, t_min, t_max, tmap, base=4.0):
+    b, c = zs.shape
+    if mode == "off":
+        return np.full((b, c), base)
+    row = np.array([rho_s(zs[i], zt[i]) for i in range(b)])
+    col = np.array([rho_s(zs[:, j], zt[:, j]) for j in range(c)])
+    rho = np.zeros((b, c))
+    for i in range(b):
+        for j in range(c):
+            rho[i, j] = {"sample": row[i], "class": col[j], "full": (row[i] + col[j]) / 2}[mode]
+    return ref_map(rho, t_min, t_max, tmap)
+
+
+def ref_map(rho, t_min, t_max, tmap):
+    rho = np.asarray(rho, dtype=np.float64)
+    if tmap == "paper":
+        t = t_min + (t_max - t_min) * (1 - np.exp(-np.maximum(rho, 0)))
+    elif tmap == "paper_normalized":
+        t = t_min + (t_max - t_min) * (1 - np.exp(-np.maximum(rho, 0))) / (1 - np.exp(-1))
+    else:
+        lo, hi = rho.min(), rho.max()
+        t = t_min + (t_max - t_min) * (
+            (hi - rho) / (hi - lo) if hi > lo else 0.5 * np.ones_like(rho)
+        )
+    return np.clip(t, t_min, t_max)
+
+
+def ref_mask(conf, thr, direction, mask_type, softness=0.1):
+    sign = 1.0 if direction == "confident" else -1.0
+    if mask_type == "soft":
+        return 1 / (1 + np.exp(-sign * (conf - thr) / (softness * conf.mean())))
+    return (conf > thr if direction == "confident" else conf <= thr).astype(float)
+
+
+def ref_gram_loss(gs, gt, w, reduction="row", method="soft"):
+    """Weighted mean over rows of 1 - rho, or the flattened weighted rank correlation."""
+    corr = rho_s if method == "soft" else rho_p
+    if reduction == "row":
+        rhos = np.array([corr(gs[r], gt[r]) for r in range(len(w))])
+        return (np.sum(w * (1 - rhos)) / np.sum(w)) if np.sum(w) > 0 else 0.0
+    keep = w > 0
+    iu = np.triu_indices(int(keep.sum()))  # symmetric matrices: each entry once
+    a, b = gs[np.ix_(keep, keep)][iu], gt[np.ix_(keep, keep)][iu]
+    ew = np.outer(w[keep], w[keep])[iu]
+    if method == "soft":
+        a, b = rankdata(a), rankdata(b)
+    ew = ew / ew.sum()
+    da, db = a - (ew * a).sum(), b - (ew * b).sum()
+    return 1 - (ew * da * db).sum() / np.sqrt((ew * da * da).sum() * (ew * db * db).sum())
+
+
+def ref_rho_mean(gs, gt, w, reduction="row", method="soft"):
+    """The reported rho: mean over rows with non-zero weight (flat: the one correlation)."""
+    if reduction == "flat":
+        return 1 - ref_gram_loss(gs, gt, w, reduction, method)
+    corr = rho_s if method == "soft" else rho_p
+    rows = [r for r in range(len(w)) if w[r] > 0]
+    return float(np.mean([corr(gs[r], gt[r]) for r in rows])) if rows else 0.0
+
+
+def ref_instance(zs, zt, temp, w):
+    kl = np.zeros(len(zs))
+    for i in range(len(zs)):
+        ls = np_log_softmax(zs[i : i + 1] / temp[i : i + 1])[0]
+        lt = np_log_softmax(zt[i : i + 1] / temp[i : i + 1])[0]
+        kl[i] = temp[i].mean() ** 2 * np.sum(np.exp(lt) * (lt - ls))
+    return np.sum(w * kl) / np.sum(w) if np.sum(w) > 0 else 0.0
+
+
+def ref_lud(
+    zs,
+    zt,
+    y,
+    *,
+    ce_weight=1.0,
+    instance_weight=1.0,
+    cdl_weight=1.0,
+    sdl_weight=1.0,
+    temperature=4.0,
+    dynamic_temperature="sample",
+    t_min=2.0,
+    t_max=6.0,
+    temperature_map="paper_normalized",
+    mask_direction="confident",
+    threshold="batch",
+    quantile=0.5,
+    fixed_threshold=0.5,
+    mask_type="hard",
+    mask_softness=0.1,
+    sample_mask=True,
+    class_mask=True,
+    instance_mask=False,
+    uncertainty_weighting=True,
+    gram_reduction="row",
+    rank_method="soft",
+    running=None,
+    **_,
+):
+    """Terms of the LUD loss, straight from the method description, in float64."""
+    zs, zt = zs.astype(np.float64), zt.astype(np.float64)
+    b, c = zs.shape
+    p0 = np_softmax(zt / temperature)
+    conf, cconf = p0.max(axis=1), p0.mean(axis=0)
+    thr_s = {
+        "batch": np.quantile(conf, quantile),
+        "fixed": fixed_threshold,
+        "running": running[0] if running else None,
+    }[threshold]
+    thr_c = running[1] if threshold == "running" else np.quantile(cconf, quantile)
+    smask = (
+        np.ones(b)
+        if (b == 1 and threshold == "batch")
+        else ref_mask(conf, thr_s, mask_direction, mask_type, mask_softness)
+    )
+    cmask = ref_mask(cconf, thr_c, mask_direction, mask_type, mask_softness)
+    u = conf / conf.mean() if uncertainty_weighting else np.ones(b)
+    v = cconf / cconf.mean() if uncertainty_weighting else np.ones(c)
+    temp = ref_temperature(zs, zt, dynamic_temperature, t_min, t_max, temperature_map, temperature)
+    ps, pt = np_softmax(zs / temp), np_softmax(zt / temp)
+    terms, rhos = {}, {}
+    if ce_weight:
+        terms["ce"] = ce_weight * float(np.mean(-np_log_softmax(zs)[np.arange(b), y]))
+    if instance_weight:
+        terms["instance"] = instance_weight * ref_instance(
+            zs, zt, temp, u * (smask if instance_mask else 1)
+        )
+    if cdl_weight:
+        w = v * (cmask if class_mask else 1)
+        terms["cdl"] = cdl_weight * ref_gram_loss(
+            ps.T @ ps, pt.T @ pt, w, gram_reduction, rank_method
+        )
+        rhos["rho_cdl"] = ref_rho_mean(ps.T @ ps, pt.T @ pt, w, gram_reduction, rank_method)
+    if sdl_weight:
+        w = u * (smask if sample_mask else 1)
+        terms["sdl"] = sdl_weight * ref_gram_loss(
+            ps @ ps.T, pt @ pt.T, w, gram_reduction, rank_method
+        )
+        rhos["rho_sdl"] = ref_rho_mean(ps @ ps.T, pt @ pt.T, w, gram_reduction, rank_method)
+    return terms, dict(
+        kept_samples=smask.mean(),
+        kept_classes=cmask.mean(),
+        threshold=thr_s,
+        confidence_mean=conf.mean(),
+        temperature=temp,
+        **rhos,
+    )
+
+
+def logits(b=12, c=7, seed=0, mix=0.3):
+    g = torch.Generator().manual_seed(seed)
+    zt = torch.randn(b, c, generator=g) * 2
+    zs = mix * zt + torch.randn(b, c, generator=g)
+    y = torch.randint(0, c, (b,), generator=g)
+    return zs, zt, y
+
+
+def run(loss, zs, zt, y):
+    out = loss(zs, zt, y)
+    return {k: float(v.detach()) for k, v in out.terms.items()}, out
+
+
+# ----------------------------------------------------------------- pure pieces
+def test_confidence_mask_batch_median_both_directions_and_ties():
+    for b in (9, 10):
+        conf = torch.rand(b, generator=torch.Generator().manual_seed(b)) * 0.5 + 0.1
+        thr = float(np.quantile(conf.numpy(), 0.5))
+        keep = confidence_mask(conf, torch.quantile(conf, 0.5), "confident")
+        assert keep.tolist() == (conf.numpy() > thr).astype(float).tolist()
+        assert int(keep.sum()) == b // 2  # strictly above the median
+        unc = confidence_mask(conf, torch.quantile(conf, 0.5), "uncertain")
+        assert (keep + unc).tolist() == [1.0] * b  # the two directions partition the rows
+    tied = torch.full((6,), 0.3)
+    assert confidence_mask(tied, torch.quantile(tied, 0.5), "confident").sum() == 0
+    assert confidence_mask(tied, torch.quantile(tied, 0.5), "uncertain").sum() == 6
+
+
+def test_batch_quantile_matches_numpy():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 5, 10, 64):
+        x = torch.rand(n, generator=g)
+        for q in (0.0, 0.25, 0.5, 0.9, 1.0):
+            assert float(batch_quantile(x, q)) == pytest.approx(
+                float(np.quantile(x.numpy(), q)), rel=1e-6
+            )
+
+
+@pytest.mark.parametrize("direction", ["confident", "uncertain"])
+def test_soft_mask_formula(direction):
+    conf = torch.tensor([0.1, 0.2, 0.35, 0.5, 0.9])
+    got = confidence_mask(conf, 0.3, direction, "soft", softness=0.2).numpy()
+    np.testing.assert_allclose(
+        got, ref_mask(conf.numpy().astype(float), 0.3, direction, "soft", 0.2), rtol=1e-5
+    )
+    assert ((got > 0) & (got < 1)).all()
+
+
+@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released"])
+def test_map_temperature_formula_and_range(tmap):
+    rho = torch.linspace(-1, 1, 21)
+    got = map_temperature(rho, 2.0, 6.0, tmap).numpy()
+    np.testing.assert_allclose(got, ref_map(rho.numpy(), 2.0, 6.0, tmap), rtol=1e-5)
+    assert got.min() >= 2.0 and got.max() <= 6.0
+    if tmap == "paper_normalized":  # rho in [0, 1] spans exactly [t_min, t_max]
+        assert got[10] == pytest.approx(2.0) and got[-1] == pytest.approx(6.0)
+    if tmap == "paper":
+        assert got[-1] == pytest.approx(2.0 + 4.0 * (1 - math.exp(-1)), rel=1e-5)
+    if tmap == "released":  # most similar -> lowest T
+        assert got[-1] == pytest.approx(2.0) and got[0] == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("mode", ["sample", "class", "full"])
+@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released"])
+def test_dynamic_temperature_matches_scipy(mode, tmap):
+    zs, zt, _ = logits(b=6, c=5, seed=1)
+    got = dynamic_temperature(zs, zt, mode, 2.0, 6.0, tmap).expand(6, 5).numpy()
+    ref = ref_temperature(zs.numpy().astype(float), zt.numpy().astype(float), mode, 2.0, 6.0, tmap)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sample", "class", "full"])
+@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released"])
+@pytest.mark.parametrize("shape", [(1, 5), (2, 2), (16, 10)])
+def test_temperature_always_in_range(mode, tmap, shape):
+    g = torch.Generator().manual_seed(3)
+    zt = torch.randn(*shape, generator=g) * 5
+    for zs in (-zt, zt, torch.randn(*shape, generator=g), torch.zeros(shape)):
+        t = dynamic_temperature(zs, zt, mode, 1.5, 7.0, tmap)
+        assert torch.isfinite(t).all() and t.min() >= 1.5 and t.max() <= 7.0
+        assert not t.requires_grad
+
+
+def test_instance_term_matches_reference():
+    zs, zt, _ = logits(b=8, c=6, seed=2)
+    temp = dynamic_temperature(zs, zt, "full", 2.0, 6.0, "paper_normalized")
+    w = torch.rand(8, generator=torch.Generator().manual_seed(0))
+    got = float(instance_kl(zs, zt, temp, w))
+    ref = ref_instance(
+        zs.double().numpy(),
+        zt.double().numpy(),
+        temp.expand(8, 6).double().numpy(),
+        w.double().numpy(),
+    )
+    assert got == pytest.approx(ref, rel=1e-4)
+
+
+@pytest.mark.parametrize("fn", ["cdl", "sdl"])
+@pytest.mark.parametrize("reduction", ["row", "flat"])
+@pytest.mark.parametrize("method", ["soft", "pearson"])
+def test_gram_spearman_terms_match_scipy(fn, reduction, method):
+    zs, zt, _ = logits(b=8, c=6, seed=4)
+    n = 6 if fn == "cdl" else 8
+    w = torch.rand(n, generator=torch.Generator().manual_seed(1)) * (torch.arange(n) % 3 != 0)
+    f = category_spearman_loss if fn == "cdl" else sample_spearman_loss
+    got, _ = f(zs, zt, 3.0, w, reduction=reduction, method=method, strength=SMALL)
+    ps, pt = np_softmax(zs.double().numpy() / 3), np_softmax(zt.double().numpy() / 3)
+    gs, gt = (ps.T @ ps, pt.T @ pt) if fn == "cdl" else (ps @ ps.T, pt @ pt.T)
+    assert float(got) == pytest.approx(
+        ref_gram_loss(gs, gt, w.double().numpy(), reduction, method), abs=1e-3
+    )
+
+
+@pytest.mark.parametrize("reduction", ["row", "flat"])
+@pytest.mark.parametrize("method", ["soft", "pearson"])
+def test_gram_loss_is_scale_free(reduction, method):
+    """Gram entries of a 1000-class batch are ~1e-6: correlations must not underflow."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(8, 8, generator=g)
+    gs, gt = x @ x.t(), (x + 0.3 * torch.rand(8, 8, generator=g)) @ x.t()
+    w = torch.rand(8, generator=g)
+    ref, _ = gram_correlation_loss(gs, gt, w, reduction=reduction, method=method)
+    small, _ = gram_correlation_loss(gs * 1e-6, gt * 1e-6, w, reduction=reduction, method=method)
+    assert 0.01 < float(ref) < 1.99
+    assert float(small) == pytest.approx(float(ref), rel=1e-4)
+
+
+# ----------------------------------------------------------------- the module against the reference
+CONFIGS = [
+    {},
+    {"mask_direction": "uncertain"},
+    {"mask_type": "soft", "mask_softness": 0.3},
+    {
+        "mask_type": "soft",
+        "mask_direction": "uncertain",
+        "threshold": "fixed",
+        "fixed_threshold": 0.3,
+    },
+    {"threshold": "fixed", "fixed_threshold": 0.35},
+    {"quantile": 0.25, "uncertainty_weighting": False},
+    {"dynamic_temperature": "off", "temperature": 3.0},
+    {"dynamic_temperature": "class", "temperature_map": "paper"},
+    {"dynamic_temperature": "full", "temperature_map": "released"},
+    {"instance_mask": True, "sample_mask": False, "class_mask": False},
+    {"gram_reduction": "flat"},
+    {
+        "rank_method": "pearson",
+        "cdl_weight": 2.0,
+        "sdl_weight": 0.5,
+        "instance_weight": 0.3,
+        "ce_weight": 0.1,
+    },
+]
+
+
+@pytest.mark.parametrize(
+    "cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default"
+)
+def test_module_matches_reference(cfg):
+    zs, zt, y = logits(b=12, c=7, seed=5)
+    terms, out = run(LUDLoss(rank_strength=SMALL, **cfg), zs, zt, y)
+    ref, rstats = ref_lud(zs.numpy(), zt.numpy(), y.numpy(), **cfg)
+    assert set(terms) == set(ref)
+    for k in ref:
+        assert terms[k] == pytest.approx(ref[k], abs=1e-3), k
+    assert float(out.total) == pytest.approx(sum(terms.values()), rel=1e-6)
+    s = out.stats
+    assert s["kept_samples"] == pytest.approx(rstats["kept_samples"], abs=1e-5)
+    assert s["kept_classes"] == pytest.approx(rstats["kept_classes"], abs=1e-5)
+    assert s["threshold"] == pytest.approx(rstats["threshold"], rel=1e-5)
+    assert s["confidence_mean"] == pytest.approx(rstats["confidence_mean"], rel=1e-5)
+    assert s["temperature_mean"] == pytest.approx(rstats["temperature"].mean(), rel=1e-5)
+    assert s["temperature_min"] == pytest.approx(rstats["temperature"].min(), rel=1e-5)
+    assert s["temperature_max"] == pytest.approx(rstats["temperature"].max(), rel=1e-5)
+    for k in ("rho_cdl", "rho_sdl"):
+        assert s[k] == pytest.approx(rstats[k], abs=1e-3), k
+
+
+def test_default_strength_close_to_scipy():
+    zs, zt, y = logits(b=16, c=10, seed=15)
+    terms, _ = run(LUDLoss(), zs, zt, y)
+    ref, _ = ref_lud(zs.numpy(), zt.numpy(), y.numpy())
+    for k in ref:
+        assert terms[k] == pytest.approx(ref[k], abs=2e-2), k
+
+
+def test_hard_mask_keeps_exactly_the_rule_rows():
+    """SDL/CDL equal the unweighted mean of 1 - rho over exactly the rows the rule keeps."""
+    zs, zt, _ = logits(b=10, c=6, seed=6)
+    zs_n, zt_n = zs.double().numpy(), zt.double().numpy()
+    temp = ref_temperature(zs_n, zt_n, "sample", 2.0, 6.0, "paper_normalized")
+    ps, pt = np_softmax(zs_n / temp), np_softmax(zt_n / temp)
+    p0 = np_softmax(zt_n / 4)
+    grams = {
+        "sdl": (ps @ ps.T, pt @ pt.T, np.argsort(p0.max(1))),
+        "cdl": (ps.T @ ps, pt.T @ pt, np.argsort(p0.mean(0))),
+    }
+    for direction in ("confident", "uncertain"):
+        loss = LUDLoss(
+            mask_direction=direction,
+            ce_weight=0,
+            instance_weight=0,
+            uncertainty_weighting=False,
+            rank_strength=SMALL,
+        )
+        out = loss(zs, zt)
+        for term, (gs, gt, order) in grams.items():
+            half = len(order) // 2  # even sizes, no ties: the median splits them in two halves
+            rows = order[half:] if direction == "confident" else order[:half]
+            ref = np.mean([1 - rho_s(gs[r], gt[r]) for r in rows])
+            assert float(out.terms[term]) == pytest.approx(ref, abs=1e-3), (direction, term)
+        assert out.stats["kept_samples"] == 0.5 and out.stats["kept_classes"] == 0.5
+
+
+# ----------------------------------------------------------------- running threshold
+@pytest.mark.parametrize(
+    "mask", [{}, {"mask_type": "soft", "mask_direction": "uncertain", "mask_softness": 0.2}]
+)
+def test_running_threshold_ema_train_only_and_state_dict(mask):
+    loss = LUDLoss(threshold="running", threshold_momentum=0.9, rank_strength=SMALL, **mask)
+    batches = [logits(b=10, c=6, seed=s) for s in (10, 11, 12)]
+    qs = [np.quantile(np_softmax(zt.double().numpy() / 4).max(1), 0.5) for _, zt, _ in batches]
+    qc = [np.quantile(np_softmax(zt.double().numpy() / 4).mean(0), 0.5) for _, zt, _ in batches]
+    # eval before any training: batch quantile, buffers untouched
+    loss.eval()
+    out = loss(*batches[0])
+    assert out.stats["threshold"] == pytest.approx(qs[0], rel=1e-5)
+    assert not bool(loss.running_threshold_initialized)
+    loss.train()
+    loss(*batches[0])
+    assert float(loss.running_sample_threshold) == pytest.approx(qs[0], rel=1e-5)
+    out = loss(*batches[1])
+    ema_s, ema_c = 0.9 * qs[0] + 0.1 * qs[1], 0.9 * qc[0] + 0.1 * qc[1]
+    assert out.stats["threshold"] == pytest.approx(ema_s, rel=1e-5)
+    assert float(loss.running_class_threshold) == pytest.approx(ema_c, rel=1e-5)
+    # eval: uses the running values and does not update them
+    loss.eval()
+    terms, out = run(loss, *batches[2])
+    assert float(loss.running_sample_threshold) == pytest.approx(ema_s, rel=1e-5)
+    ref, rstats = ref_lud(
+        *(t.numpy() for t in batches[2]), threshold="running", running=(ema_s, ema_c), **mask
+    )
+    for k in ref:
+        assert terms[k] == pytest.approx(ref[k], abs=1e-3)
+    for k in ("kept_samples", "kept_classes"):
+        assert out.stats[k] == pytest.approx(rstats[k], abs=1e-5)
+    # round trip
+    other = LUDLoss(threshold="running", rank_strength=SMALL, **mask)
+    other.load_state_dict(loss.state_dict())
+    other.eval()
+    assert float(other(*batches[2]).total) == pytest.approx(float(out.total), rel=1e-6)
+    assert set(loss.state_dict()) == {
+        "running_sample_threshold",
+        "running_class_threshold",
+        "running_threshold_initialized",
+    }
+
+
+# ----------------------------------------------------------------- optimum, switches, gradients
+@pytest.mark.parametrize("teacher_rank", ["soft", "hard"])
+def test_student_equals_teacher_is_minimum(teacher_rank):
+    _, zt, y = logits(b=16, c=10, seed=7)
+    loss = LUDLoss(ce_weight=0, instance_weight=0, teacher_rank=teacher_rank)
+    zs = zt.clone().requires_grad_()
+    out = loss(zs, zt, y)
+    out.total.backward()
+    zr = torch.randn_like(zt).requires_grad_()  # a random student: far from the minimum
+    far = loss(zr, zt, y)
+    far.total.backward()
+    cdl, sdl = float(out.terms["cdl"].detach()), float(out.terms["sdl"].detach())
+    if teacher_rank == "soft":  # identical soft ranks on both sides: rho = 1 exactly
+        assert cdl == pytest.approx(0.0, abs=1e-6) and sdl == pytest.approx(0.0, abs=1e-6)
+        assert zs.grad.norm() < 1e-5
+    else:  # soft student ranks vs hard teacher ranks: s == t is near, not exactly at, the optimum
+        assert 0 <= cdl < 0.03 and 0 <= sdl < 0.03
+        assert zs.grad.norm() < 0.2 * zr.grad.norm()
+    assert float(far.terms["cdl"].detach()) > 0.3 and float(far.terms["sdl"].detach()) > 0.3
+    o = LUDLoss(ce_weight=0, instance_weight=0, rank_method="pearson")(zt, zt)
+    assert float(o.total) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_switches_remove_terms():
+    zs, zt, y = logits(seed=8)
+    full, out = run(LUDLoss(), zs, zt, y)
+    assert set(full) == {"ce", "instance", "cdl", "sdl"}
+    assert float(out.total) == pytest.approx(sum(full.values()), rel=1e-6)
+    for name, kw in (
+        ("ce", "ce_weight"),
+        ("instance", "instance_weight"),
+        ("cdl", "cdl_weight"),
+        ("sdl", "sdl_weight"),
+    ):
+        terms, o = run(LUDLoss(**{kw: 0.0}), zs, zt, y)
+        assert name not in terms and set(terms) == set(full) - {name}
+        assert float(o.total) == pytest.approx(float(out.total) - full[name], rel=1e-5)
+    # other switches change the value of their term, not the set of terms
+    for kw, affected in (
+        ({"sample_mask": False}, "sdl"),
+        ({"class_mask": False}, "cdl"),
+        ({"instance_mask": True}, "instance"),
+        ({"uncertainty_weighting": False}, "instance"),
+        ({"dynamic_temperature": "off"}, "sdl"),
+        ({"standardize": True}, "cdl"),
+    ):
+        terms, _ = run(LUDLoss(**kw), zs, zt, y)
+        assert set(terms) == set(full) and terms[affected] != pytest.approx(
+            full[affected], rel=1e-4
+        ), kw
+
+
+def test_ce_only_equals_cross_entropy():
+    zs, zt, y = logits(seed=9)
+    out = LUDLoss(instance_weight=0, cdl_weight=0, sdl_weight=0)(zs, zt, y)
+    assert set(out.terms) == {"ce"}
+    assert float(out.total) == pytest.approx(float(F.cross_entropy(zs, y)), rel=1e-6)
+
+
+def test_standardize_matches_reference_on_zscored_logits():
+    zs, zt, y = logits(b=10, c=6, seed=13)
+    terms, _ = run(LUDLoss(standardize=True, rank_strength=SMALL), zs, zt, y)
+    z = lambda x: (x - x.mean(1, keepdims=True)) / x.std(1, ddof=1, keepdims=True)
+    ref, _ = ref_lud(z(zs.double().numpy()), z(zt.double().numpy()), y.numpy())
+    ref["ce"] = float(F.cross_entropy(zs, y))  # CE stays on the raw logits
+    for k in ref:
+        assert terms[k] == pytest.approx(ref[k], abs=1e-3), k
+
+
+def test_gradients_reach_student_only():
+    zs, zt, y = logits(b=16, c=10, seed=10)
+    zs.requires_grad_()
+    zt.requires_grad_()
+    for cfg in (
+        {},
+        {"mask_type": "soft"},
+        {"gram_reduction": "flat"},
+        {"dynamic_temperature": "full"},
+    ):
+        zs.grad = None
+        out = LUDLoss(**cfg)(zs, zt, y)
+        assert out.total.dtype == torch.float32
+        for k, v in out.terms.items():  # each term on its own reaches the student
+            (g,) = torch.autograd.grad(v, zs, retain_graph=True)
+            assert torch.isfinite(g).all() and g.abs().sum() > 0, (cfg, k)
+        out.total.backward()
+        assert torch.isfinite(zs.grad).all() and zs.grad.abs().sum() > 0
+        assert zt.grad is None
+
+
+# ----------------------------------------------------------------- degenerate inputs
+@pytest.mark.parametrize("shape", [(1, 10), (2, 10), (8, 2), (3, 3)])
+@pytest.mark.parametrize("threshold", ["batch", "running", "fixed"])
+def test_degenerate_shapes_finite(shape, threshold):
+    g = torch.Generator().manual_seed(11)
+    zs = torch.randn(*shape, generator=g).requires_grad_()
+    zt = torch.randn(*shape, generator=g)
+    y = torch.randint(0, shape[1], (shape[0],), generator=g)
+    out = LUDLoss(threshold=threshold, dynamic_temperature="full")(zs, zt, y)
+    out.total.backward()
+    assert torch.isfinite(out.total) and torch.isfinite(zs.grad).all()
+    assert all(0.0 <= out.stats[k] <= 1.0 for k in ("kept_samples", "kept_classes"))
+    if shape[0] == 1:
+        assert out.terms["sdl"] == 0  # a 1x1 Gram matrix has nothing to rank
+        if threshold == "batch":
+            assert out.stats["kept_samples"] == 1.0
+
+
+def test_constant_logits_finite():
+    zs = torch.zeros(6, 5, requires_grad=True)
+    zt = torch.full((6, 5), 3.0)
+    y = torch.zeros(6, dtype=torch.long)
+    for cfg in (
+        {},
+        {"mask_direction": "uncertain"},
+        {"mask_type": "soft"},
+        {"gram_reduction": "flat"},
+        {"standardize": True},
+        {"temperature_map": "released"},
+    ):
+        zs.grad = None
+        out = LUDLoss(**cfg)(zs, zt, y)
+        out.total.backward()
+        assert torch.isfinite(out.total) and torch.isfinite(zs.grad).all(), cfg
+        assert all(math.isfinite(v) for v in out.stats.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs_give_fp32(dtype):
+    zs, zt, y = logits(b=8, c=10, seed=12)
+    zs = zs.to(dtype).requires_grad_()
+    out = LUDLoss()(zs, zt.to(dtype), y)
+    assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
+    out.total.backward()
+    assert zs.grad.dtype == dtype and torch.isfinite(zs.grad.float()).all()
+
+
+def test_autocast_bf16():
+    zs, zt, y = logits(b=8, c=10, seed=12)
+    lin = torch.nn.Linear(10, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = lin(zs)
+        out = LUDLoss()(s, zt, y)
+    assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
+    out.total.backward()
+    assert torch.isfinite(lin.weight.grad).all()
+
+
+# ----------------------------------------------------------------- validation and stats
+def test_bad_input_raises():
+    zs, zt, y = logits(b=4, c=5)
+    loss = LUDLoss()
+    with pytest.raises(ValueError, match="class-count"):
+        loss(zs, zt[:, :4], y)
+    with pytest.raises(ValueError, match="batch-size"):
+        loss(zs, zt[:3], y)
+    with pytest.raises(ValueError, match="NaN"):
+        loss(zs, zt.clone().fill_(float("nan")), y)
+    with pytest.raises(ValueError, match="needs teacher_logits"):
+        loss(zs, None, y)
+    with pytest.raises(ValueError, match="needs targets"):
+        loss(zs, zt, None)
+    assert torch.isfinite(LUDLoss(ce_weight=0)(zs, zt).total)  # no CE: targets optional
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"t_min": 5.0, "t_max": 3.0}, "t_min"),
+        ({"t_min": 0.0}, "t_min"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"cdl_weight": -0.1}, "cdl_weight"),
+        ({"sdl_weight": float("nan")}, "sdl_weight"),
+        ({"dynamic_temperature": "rows"}, "dynamic_temperature"),
+        ({"temperature_map": "paper_norm"}, "temperature_map"),
+        ({"mask_direction": "confidentt"}, "mask_direction"),
+        ({"threshold": "ema"}, "threshold"),
+        ({"quantile": 1.5}, "quantile"),
+        ({"threshold_momentum": 1.0}, "threshold_momentum"),
+        ({"fixed_threshold": 2.0}, "fixed_threshold"),
+        ({"mask_type": "fuzzy"}, "mask_type"),
+        ({"mask_softness": 0.0}, "mask_softness"),
+        ({"sample_mask": 1}, "sample_mask"),
+        ({"gram_reduction": "mean"}, "gram_reduction"),
+        ({"rank_method": "kendall"}, "rank_method"),
+        ({"rank_strength": 0.0}, "rank_strength"),
+        ({"rank_backend": "cuda"}, "rank_backend"),
+        (
+            {"rank_backend": "torchsort"} if not HAS_TORCHSORT else {"t_min": -1.0},
+            "torchsort|t_min",
+        ),
+        ({"teacher_rank": "none"}, "teacher_rank"),
+        (
+            {"ce_weight": 0, "instance_weight": 0, "cdl_weight": 0, "sdl_weight": 0},
+            "nothing to compute",
+        ),
+    ],
+)
+def test_invalid_params(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        LUDLoss(**kw)
+
+
+def test_registry_and_stats():
+    loss = build_loss("lud", cdl_weight=0.5)
+    assert isinstance(loss, LUDLoss)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        build_loss("lud", cdl_weigth=0.5)
+    zs, zt, y = logits(b=16, c=10, seed=14)
+    s = loss(zs, zt, y).stats
+    assert set(s) >= {
+        "kept_samples",
+        "kept_classes",
+        "temperature_mean",
+        "temperature_min",
+        "temperature_max",
+        "rho_cdl",
+        "rho_sdl",
+        "threshold",
+        "confidence_mean",
+    }
+    assert s["kept_samples"] == 0.5 and s["kept_classes"] == 0.5
+    assert 2.0 <= s["temperature_min"] <= s["temperature_mean"] <= s["temperature_max"] <= 6.0
+    assert -1 <= s["rho_cdl"] <= 1 and -1 <= s["rho_sdl"] <= 1
+    assert 1 / 10 <= s["confidence_mean"] <= 1
