@@ -1,0 +1,320 @@
+"""The ``lud`` command line: ``train``, ``eval``, ``list`` and ``demo``.
+
+Exit codes: 0 success; 1 training diverged (NaN/Inf loss); 2 bad usage, configuration, data or
+checkpoint (the message goes to stderr, without a traceback; set ``LUD_TRACEBACK=1`` to see one);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+
+__all__ = ["main"]
+
+_COMMANDS = {
+    "train": "train a model (a teacher with loss 'ce', or a student distilled from a teacher)",
+    "eval": "evaluate a checkpoint: top-1, top-5, NLL, ECE",
+    "list": "list registered losses, models and data sets",
+    "demo": "run the built-in demonstration",
+}
+
+
+def _top_help() -> str:
+    lines = [
+        f"usage: lud {{{','.join(_COMMANDS)}}} ...",
+        "",
+        "lud — logit-based knowledge distillation",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<7} {text}" for name, text in _COMMANDS.items()]
+    lines += [
+        "",
+        "Run 'lud COMMAND -h' for the options of a command.",
+        "options:",
+        "  -h, --help  show this help",
+        "  --version   print the version",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- train
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lud train", description=_COMMANDS["train"])
+    p.add_argument("config", help="YAML config file")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. solver.lr=0.1 loss.params.beta=2",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run folder's last.pt")
+    p.add_argument("--output-dir", help="parent folder of the run folder (experiment.output_dir)")
+    p.add_argument(
+        "--name", help="run folder name (experiment.name; default: the config file name)"
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="stop once N epochs are complete (continue later with --resume)",
+    )
+    return p
+
+
+def _cmd_train(argv: list[str]) -> int:
+    from .config import load_config, validate_config
+    from .engine import train
+
+    args = _train_parser().parse_intermixed_args(argv)
+    cfg = load_config(args.config, args.overrides, validate=False)
+    if args.output_dir is not None:
+        cfg.experiment.output_dir = args.output_dir
+    if args.name is not None:
+        cfg.experiment.name = args.name
+    validate_config(cfg)
+    summary = train(cfg, resume=args.resume, stop_after=args.stop_after)
+    best, last = summary["best"], summary["last"]
+    print(f"run folder: {summary['run_dir']}")
+    print(f"epochs: {summary['epochs_completed']}/{summary['epochs']}")
+    if best.get("epoch") is not None:
+        print(
+            f"best (by {best['split']} top-1, epoch {best['epoch']}): "
+            f"test top-1 {best['test_top1']:.2f}  top-5 {best['test_top5']:.2f}"
+        )
+    if last.get("test_top1") is not None:
+        print(
+            f"last (epoch {last['epoch']}): "
+            f"test top-1 {last['test_top1']:.2f}  top-5 {last['test_top5']:.2f}"
+        )
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lud eval", description=_COMMANDS["eval"])
+    p.add_argument("checkpoint", help="a lud run checkpoint (last.pt / best.pt)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="overrides of the config stored in the checkpoint, e.g. data.root=/data",
+    )
+    p.add_argument("--data", help="data set name (default: the one the checkpoint was trained on)")
+    p.add_argument("--root", help="data folder (data.root)")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--device", help="runtime.device (default: the stored one, usually auto)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    return p
+
+
+def evaluate_checkpoint(
+    path: str,
+    overrides: Sequence[str] = (),
+    *,
+    data: str | None = None,
+    root: str | None = None,
+    split: str = "test",
+    device: str | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Rebuild the model stored in a lud checkpoint and evaluate it on ``split``.
+
+    Returns ``{"top1","top5","loss","nll","ece","n","split","epoch","checkpoint"}``.
+    """
+    from .config import ConfigError, apply_overrides, config_from_dict, validate_config
+    from .data import build_data, make_batch_transform, make_loader
+    from .engine import evaluate, load_checkpoint, resolve_device
+    from .models import build_model
+
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(apply_overrides(ckpt["config"], list(overrides)))
+    if data is not None:
+        cfg.data.name = data
+    if root is not None:
+        cfg.data.root = root
+    if device is not None:
+        cfg.runtime.device = device
+    if batch_size is not None:
+        cfg.data.eval_batch_size = batch_size
+    validate_config(cfg, registries=False)
+    d = cfg.data
+    bundle = build_data(
+        d.name,
+        d.root,
+        val_split=d.val_split,
+        seed=cfg.experiment.seed,
+        subset=d.subset,
+        augment=d.augment,
+        image_size=d.image_size,
+    )
+    if bundle.num_classes != int(ckpt["num_classes"]):
+        raise ValueError(
+            f"class-count mismatch: checkpoint {path} has {ckpt['num_classes']} classes, "
+            f"data set '{d.name}' has {bundle.num_classes}"
+        )
+    dataset = bundle.val if split == "val" else bundle.test
+    if dataset is None:
+        raise ConfigError(
+            f"the run has no validation split (data.val_split={d.val_split}); "
+            "use --split test, or pass data.val_split=<fraction> to carve one"
+        )
+    dev = resolve_device(cfg.runtime.device)
+    shape = tuple(bundle.input_shape)
+    model = build_model(
+        str(ckpt["model_name"]),
+        bundle.num_classes,
+        in_channels=shape[0],
+        input_shape=shape,
+        **cfg.model.kwargs,
+    )
+    model.load_state_dict(ckpt["model"])
+    model.to(dev)
+    if cfg.runtime.channels_last:
+        import torch
+
+        model.to(memory_format=torch.channels_last)
+    loader = make_loader(dataset, d.eval_batch_size, shuffle=False)
+    res = evaluate(
+        model,
+        loader,
+        make_batch_transform(bundle, train=False).to(dev),
+        dev,
+        amp=cfg.runtime.amp,
+        channels_last=cfg.runtime.channels_last,
+    )
+    return {**res, "split": split, "epoch": int(ckpt["epoch"]), "checkpoint": str(path)}
+
+
+def _cmd_eval(argv: list[str]) -> int:
+    args = _eval_parser().parse_intermixed_args(argv)
+    res = evaluate_checkpoint(
+        args.checkpoint,
+        args.overrides,
+        data=args.data,
+        root=args.root,
+        split=args.split,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"checkpoint: {res['checkpoint']} (epoch {res['epoch']})")
+        print(f"split: {res['split']} ({int(res['n'])} samples)")
+        print(f"top-1: {res['top1']:.2f}%")
+        print(f"top-5: {res['top5']:.2f}%")
+        print(f"NLL:   {res['nll']:.4f}")
+        print(f"ECE:   {res['ece']:.4f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- list / demo
+def _cmd_list(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="lud list", description=_COMMANDS["list"])
+    p.add_argument(
+        "kind",
+        nargs="?",
+        choices=("losses", "models", "datasets"),
+        help="what to list (default: everything, with headers)",
+    )
+    args = p.parse_args(argv)
+    from .data import available_datasets
+    from .losses import available_losses
+    from .models import available_models
+
+    tables = {
+        "losses": available_losses,
+        "models": available_models,
+        "datasets": available_datasets,
+    }
+    if args.kind is not None:
+        print("\n".join(tables[args.kind]()))
+        return 0
+    for i, (kind, names) in enumerate(tables.items()):
+        print(("\n" if i else "") + f"{kind}:")
+        print("\n".join(f"  {n}" for n in names()))
+    return 0
+
+
+def _cmd_demo(argv: list[str]) -> int:
+    # ---- `lud demo` hook: the demo lives in lud/demo.py (written separately) -------------
+    import importlib
+
+    try:
+        demo = importlib.import_module("lud.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name != "lud.demo":
+            raise
+        print("lud demo: error: this installation has no demo module (lud.demo)", file=sys.stderr)
+        return 2
+    rc = demo.main(argv)
+    return 0 if rc is None else int(rc)
+
+
+# ----------------------------------------------------------------------------- main
+def _setup_logging() -> None:
+    log = logging.getLogger("lud")
+    if not any(
+        isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        for h in log.handlers
+    ):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[lud] %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lud`` console script; returns the exit code."""
+    from .config import ConfigError
+    from .engine import RunFolderError, TrainingDivergedError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_top_help(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"lud {__version__}")
+        return 0
+    commands: dict[str, Callable[[list[str]], int]] = {
+        "train": _cmd_train,
+        "eval": _cmd_eval,
+        "list": _cmd_list,
+        "demo": _cmd_demo,
+    }
+    cmd = args[0]
+    if cmd not in commands:
+        from .losses.registry import suggest
+
+        print(
+            f"lud: error: unknown command '{cmd}'.{suggest(cmd, list(commands))}", file=sys.stderr
+        )
+        return 2
+    _setup_logging()
+    try:
+        return commands[cmd](args[1:])
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:
+        print(f"lud {cmd}: interrupted", file=sys.stderr)
+        return 130
+    except TrainingDivergedError as exc:
+        if os.environ.get("LUD_TRACEBACK"):
+            raise
+        print(f"lud {cmd}: error: {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, RunFolderError, ValueError, FileNotFoundError, ImportError) as exc:
+        if os.environ.get("LUD_TRACEBACK"):
+            raise
+        print(f"lud {cmd}: error: {exc}", file=sys.stderr)
+        return 2

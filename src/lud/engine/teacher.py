@@ -1,0 +1,102 @@
+"""The frozen teacher: build, load, freeze, and optionally pre-compute its training logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import TeacherConfig
+from .checkpoint import CHECKPOINT_FORMAT
+from .metrics import predict_logits
+from .runtime import RuntimeContext
+
+__all__ = ["TeacherLogitCache", "build_teacher"]
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher.checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"cannot read teacher.checkpoint {path}: {exc}") from None
+
+
+def build_teacher(
+    cfg: TeacherConfig, num_classes: int, input_shape: tuple[int, int, int], ctx: RuntimeContext
+) -> nn.Module:
+    """Build ``cfg.name``, load ``cfg.checkpoint``, freeze it and put it in eval mode.
+
+    A lud run checkpoint records its class count and architecture, so a mismatch is reported
+    with both numbers before any weight is touched; other files (mdistiller's ``*_best.pth``,
+    raw state dicts) are checked key by key by :func:`lud.models.load_checkpoint_weights`.
+    """
+    from ..models import build_model, load_checkpoint_weights, resolve_model_name
+
+    assert cfg.name is not None and cfg.checkpoint is not None
+    path = Path(cfg.checkpoint).expanduser()
+    obj = _read(path)
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        saved_classes = int(obj["num_classes"])
+        if saved_classes != num_classes:
+            raise ValueError(
+                f"class-count mismatch: teacher checkpoint {path} was trained for {saved_classes} "
+                f"classes but the data set has {num_classes}"
+            )
+        saved_model = str(obj["model_name"])
+        if resolve_model_name(saved_model) != resolve_model_name(cfg.name):
+            raise ValueError(
+                f"teacher.name is '{cfg.name}' but {path} holds a '{saved_model}'; "
+                f"set teacher.name={saved_model}"
+            )
+    teacher = build_model(
+        cfg.name, num_classes, in_channels=input_shape[0], input_shape=input_shape, **cfg.kwargs
+    )
+    try:
+        load_checkpoint_weights(teacher, obj, strict=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"teacher.checkpoint {path} (data set has {num_classes} classes): {exc}"
+        ) from None
+    teacher.requires_grad_(False)
+    teacher.eval()
+    return teacher.to(ctx.device)
+
+
+class TeacherLogitCache:
+    """Teacher logits of every training sample, index-aligned with the training data set.
+
+    Valid only without random augmentation (checked by the trainer): each sample is then the
+    same tensor every epoch, so one teacher pass replaces one per epoch. Batches are looked up
+    by the data-set indices the loader visits (:meth:`lud.data.BatchLoader.indices`), so the
+    shuffle order is exactly that of an uncached run.
+    """
+
+    def __init__(self, logits: Tensor) -> None:
+        self.logits = logits  # (N, C) float32, CPU
+
+    @classmethod
+    def compute(
+        cls,
+        teacher: nn.Module,
+        dataset: Any,
+        transform: nn.Module,
+        ctx: RuntimeContext,
+        batch_size: int,
+        channels_last: bool,
+    ) -> TeacherLogitCache:
+        from ..data import make_loader
+
+        loader = make_loader(dataset, batch_size, shuffle=False)
+        return cls(
+            predict_logits(
+                teacher, loader, transform, ctx.device, amp=ctx.amp, channels_last=channels_last
+            )
+        )
+
+    def lookup(self, indices: Tensor, device: torch.device) -> Tensor:
+        """Logits of the given data-set indices, on ``device``."""
+        return self.logits.index_select(0, indices.cpu()).to(device, non_blocking=True)

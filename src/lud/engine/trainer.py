@@ -1,0 +1,616 @@
+"""The training loop: one function, :func:`train`, for teachers and students alike.
+
+Training a teacher is distillation without a teacher (``loss.name: ce``). Decisions worth
+knowing:
+
+* The learning rate is set every iteration (linear warm-up, then step/cosine/constant; see
+  :mod:`lud.engine.optim`). Its state is the step count, so resuming is exact.
+* The loss receives ``epoch`` as a 0-based fractional epoch (``epoch + step / steps``), which is
+  what ramp-ups (DKD's warm-up, CTKD's curriculum) need.
+* The training loader drops its last incomplete batch (when the split holds at least one full
+  batch): batch-statistic losses (DIST's intra-class term, LUD's median mask, B×B Gram matrices)
+  misbehave on a batch of one or two, and BatchNorm cannot train on a batch of one.
+* Augmentation randomness comes from a generator seeded from ``(seed, epoch, rank)`` and the
+  shuffle order from ``seed + epoch``; global RNG states are saved at every epoch end. A run
+  resumed from ``last.pt`` therefore reproduces an uninterrupted run bit for bit (on the same
+  hardware and software). Resumption is at epoch granularity.
+* Loss statistics are summed on the device; the host reads them every ``log_every`` steps and
+  at the epoch end, which is also when a non-finite loss is detected.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..config import (
+    Config,
+    ConfigError,
+    config_to_dict,
+    save_config,
+    teacher_cache_error,
+    validate_config,
+)
+from .checkpoint import CHECKPOINT_FORMAT, atomic_save, atomic_write_text, load_checkpoint
+from .metrics import RunningSums, evaluate
+from .optim import LRSchedule, build_optimizer
+from .runlog import MetricsLog, attach_file_log, logger
+from .runtime import RuntimeContext, setup_runtime
+from .seeding import (
+    capture_rng_state,
+    configure_determinism,
+    make_generator,
+    restore_rng_state,
+    seed_everything,
+)
+from .teacher import TeacherLogitCache, build_teacher
+
+__all__ = ["RunFolderError", "TrainingDivergedError", "run_dir_of", "train"]
+
+# Config entries that must not change between a checkpoint and the run resuming it.
+_RESUME_KEYS = (
+    "experiment.seed",
+    "data.name",
+    "data.val_split",
+    "data.subset",
+    "data.augment",
+    "data.image_size",
+    "data.batch_size",
+    "model.name",
+    "model.kwargs",
+    "teacher.name",
+    "teacher.kwargs",
+    "loss.name",
+    "loss.params",
+)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN/Inf; the message names the epoch and step."""
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked (exists without --resume, or nothing to resume)."""
+
+
+def run_dir_of(cfg: Config) -> Path:
+    """``experiment.output_dir / experiment.name``."""
+    return Path(cfg.experiment.output_dir).expanduser() / cfg.experiment.name
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    has_ckpt = run_dir.is_dir() and any(run_dir.glob("*.pt"))
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise RunFolderError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
+    elif has_ckpt:
+        raise RunFolderError(
+            f"run folder {run_dir} already holds checkpoints; pass --resume to continue that run, "
+            "or choose another experiment name (--name) or output folder (--output-dir)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _lookup(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d
+
+
+def _check_resume_compatible(
+    saved: dict[str, Any], now: dict[str, Any], num_classes: int, ckpt: dict[str, Any]
+) -> None:
+    diffs = [
+        f"{k}: checkpoint {_lookup(saved, k)!r} vs now {_lookup(now, k)!r}"
+        for k in _RESUME_KEYS
+        if _lookup(saved, k) != _lookup(now, k)
+    ]
+    if int(ckpt["num_classes"]) != num_classes:
+        diffs.append(f"num_classes: checkpoint {ckpt['num_classes']} vs data {num_classes}")
+    if diffs:
+        raise RunFolderError(
+            "cannot resume: the config does not match the checkpoint:\n  " + "\n  ".join(diffs)
+        )
+
+
+def _dummy_forward(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    who: str,
+    device: torch.device,
+) -> None:
+    """Catch wrong class counts / input sizes before the first epoch (eval mode: no BN update)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, *input_shape, device=device))
+    model.train(was)
+    if not isinstance(out, Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"{who} returns logits of shape {got} for a batch of 2; expected (2, {num_classes})"
+        )
+
+
+class _Run:
+    """Everything one training run holds; :func:`train` drives it."""
+
+    def __init__(self, cfg: Config, resume: bool) -> None:
+        from ..data import build_data, make_batch_transform, make_loader
+        from ..losses import build_loss
+        from ..models import build_model
+
+        self.cfg = cfg
+        self.ctx: RuntimeContext = setup_runtime(cfg.runtime)
+        self.run_dir = run_dir_of(cfg)
+        if self.ctx.is_main:
+            _prepare_run_dir(self.run_dir, resume)
+        configure_determinism(cfg.experiment.deterministic)
+        seed_everything(cfg.experiment.seed)
+        dev = self.ctx.device
+        d, r = cfg.data, cfg.runtime
+
+        self.bundle = build_data(
+            d.name,
+            d.root,
+            val_split=d.val_split,
+            seed=cfg.experiment.seed,
+            subset=d.subset,
+            augment=d.augment,
+            image_size=d.image_size,
+        )
+        nc, shape = self.bundle.num_classes, tuple(self.bundle.input_shape)
+        if r.teacher_cache and self.bundle.augment != "none":
+            raise ConfigError(teacher_cache_error(self.bundle.augment))
+        pin = dev.type == "cuda"
+        drop_last = len(self.bundle.train) >= d.batch_size
+        self.train_loader = make_loader(
+            self.bundle.train,
+            d.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            seed=cfg.experiment.seed,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            num_workers=d.num_workers,
+            pin_memory=pin,
+        )
+        self.eval_loaders = {
+            split: make_loader(
+                ds, d.eval_batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin
+            )
+            for split, ds in (("val", self.bundle.val), ("test", self.bundle.test))
+            if ds is not None
+        }
+        self.train_tf = make_batch_transform(self.bundle, train=True).to(dev)
+        self.eval_tf = make_batch_transform(self.bundle, train=False).to(dev)
+
+        self.model = build_model(
+            cfg.model.name, nc, in_channels=shape[0], input_shape=shape, **cfg.model.kwargs
+        ).to(dev)
+        _dummy_forward(self.model, shape, nc, f"model '{cfg.model.name}'", dev)
+        self.loss = build_loss(cfg.loss.name, **cfg.loss.params).to(dev)
+        self.teacher: nn.Module | None = None
+        if self.loss.requires_teacher:
+            self.teacher = build_teacher(cfg.teacher, nc, shape, self.ctx)  # type: ignore[arg-type]
+            _dummy_forward(self.teacher, shape, nc, f"teacher '{cfg.teacher.name}'", dev)
+        elif cfg.teacher.name is not None:
+            logger.warning(
+                "loss '%s' uses no teacher: teacher '%s' is ignored",
+                cfg.loss.name,
+                cfg.teacher.name,
+            )
+        if r.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            if self.teacher is not None:
+                self.teacher.to(memory_format=torch.channels_last)
+
+        self.steps = len(self.train_loader)
+        if r.max_steps_per_epoch is not None:
+            self.steps = min(self.steps, r.max_steps_per_epoch)
+        self.optimizer = build_optimizer(cfg.solver, self.model, self.loss)
+        self.schedule = LRSchedule(self.optimizer, cfg.solver, self.steps)
+        self.scaler = self.ctx.grad_scaler()
+        self.forward = torch.compile(self.model) if r.compile else self.model
+        self.best_split = "val" if "val" in self.eval_loaders else "test"
+        self.best: dict[str, Any] = {
+            "split": self.best_split,
+            "epoch": None,
+            "top1": None,
+            "test_top1": None,
+            "test_top5": None,
+        }
+        self.max_test_top1: float | None = None
+        self.start_epoch = 0
+        self.wall_before = 0.0
+        self.teacher_top1: float | None = None
+
+        self.cache: TeacherLogitCache | None = None
+        if r.teacher_cache and self.teacher is not None:
+            t0 = time.perf_counter()
+            self.cache = TeacherLogitCache.compute(
+                self.teacher,
+                self.bundle.train,
+                self.train_tf,
+                self.ctx,
+                d.eval_batch_size,
+                r.channels_last,
+            )
+            logger.info(
+                "teacher logits cached for %d training samples in %.1fs",
+                self.cache.logits.shape[0],
+                time.perf_counter() - t0,
+            )
+        if resume:
+            self._load(self.run_dir / "last.pt")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int, row: dict[str, Any], wall: float) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "lud_version": __version__,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "model_name": self.cfg.model.name,
+            "num_classes": self.bundle.num_classes,
+            "input_shape": list(self.bundle.input_shape),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best": dict(self.best),
+            "max_test_top1": self.max_test_top1,
+            "teacher_top1": self.teacher_top1,
+            "rng": capture_rng_state(),
+            "config": config_to_dict(self.cfg),
+            "metrics": row,
+            "wall_time_s": wall,
+        }
+
+    def _load(self, path: Path) -> None:
+        # CPU first: load_state_dict copies onto the device, without a second copy in GPU memory.
+        ckpt = load_checkpoint(path, map_location="cpu")
+        _check_resume_compatible(
+            ckpt["config"], config_to_dict(self.cfg), self.bundle.num_classes, ckpt
+        )
+        self.model.load_state_dict(ckpt["model"])
+        self.loss.load_state_dict(ckpt["loss"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.best = dict(ckpt["best"])
+        self.max_test_top1 = ckpt["max_test_top1"]
+        self.teacher_top1 = ckpt.get("teacher_top1")
+        self.start_epoch = int(ckpt["epoch"])
+        self.wall_before = float(ckpt.get("wall_time_s", 0.0))
+        restore_rng_state(ckpt["rng"])  # last: nothing after this may draw random numbers
+        logger.info("resumed %s at epoch %d", path, self.start_epoch)
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, ctx, dev = self.cfg, self.ctx, self.ctx.device
+        self.model.train()
+        self.loss.train()
+        self.train_loader.set_epoch(epoch)
+        gen = make_generator(dev, cfg.experiment.seed, epoch, ctx.rank)
+        order = self.train_loader.indices() if self.cache is not None else None
+        bs = self.train_loader.batch_size
+        sums = RunningSums(dev)
+        first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        bar = _progress(cfg, ctx, epoch, self.steps)
+        lr0 = self.schedule.lr
+        t0 = time.perf_counter()
+        seen = 0
+        for step, (images, labels) in enumerate(self.train_loader):
+            if step >= self.steps:
+                break
+            x = self.train_tf(images.to(dev, non_blocking=True), generator=gen)
+            if cfg.runtime.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels.to(dev, non_blocking=True)
+            t_logits = None
+            if self.cache is not None:
+                assert order is not None
+                t_logits = self.cache.lookup(order[step * bs : step * bs + labels.shape[0]], dev)
+            with ctx.autocast():
+                if self.teacher is not None and self.cache is None:
+                    with torch.no_grad():
+                        t_logits = self.teacher(x)
+                s_logits = self.forward(x)
+            try:
+                out = self.loss(s_logits, t_logits, y, epoch=epoch + step / self.steps)
+            except ValueError as exc:
+                if not bool(torch.isfinite(s_logits).all()):
+                    # A NaN loss at an earlier step poisoned the weights: report that step.
+                    bad_step = int(first_bad)
+                    what = (
+                        "the loss is NaN/Inf"
+                        if bad_step >= 0
+                        else "the student's logits are NaN/Inf"
+                    )
+                    raise self._diverged(epoch, bad_step if bad_step >= 0 else step, what) from None
+                raise ValueError(f"epoch {epoch + 1}, step {step + 1}: {exc}") from exc
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.schedule.step()
+
+            total = out.total.detach()
+            bad = ~torch.isfinite(total)
+            first_bad = torch.where(
+                bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad
+            )
+            n = int(labels.shape[0])
+            seen += n
+            values = {
+                "loss": total,
+                "top1": (s_logits.detach().argmax(1) == y).float().mean() * 100.0,
+            }
+            values.update({f"term/{k}": v for k, v in out.terms.items()})
+            values.update({f"stat/{k}": v for k, v in out.stat_tensors.items()})
+            sums.add(values, n)
+            if (step + 1) % cfg.runtime.log_every == 0 or step + 1 == self.steps:
+                if int(first_bad) >= 0:  # device sync, every log_every steps only
+                    raise self._diverged(epoch, int(first_bad), "the loss is NaN/Inf")
+                _report(
+                    bar,
+                    epoch,
+                    step,
+                    self.steps,
+                    sums,
+                    self.schedule.lr,
+                    seen,
+                    time.perf_counter() - t0,
+                )
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        elapsed = time.perf_counter() - t0
+        means = sums.means()
+        out_row = {"lr": lr0, "train/loss": means.pop("loss"), "train/top1": means.pop("top1")}
+        out_row.update({f"train/{k}": v for k, v in means.items()})
+        out_row.update({"time/epoch_s": elapsed, "time/images_per_s": seen / max(elapsed, 1e-9)})
+        return out_row
+
+    def _diverged(self, epoch: int, step: int, what: str) -> TrainingDivergedError:
+        last = self.run_dir / "last.pt"
+        kept = (
+            f"the last good checkpoint {last} is untouched"
+            if last.exists()
+            else "no checkpoint was written"
+        )
+        return TrainingDivergedError(
+            f"training diverged at epoch {epoch + 1}, step {step + 1} of {self.steps}: "
+            f"{what}; {kept}. "
+            "Try a lower solver.lr, more warm-up (solver.warmup_epochs), or runtime.amp=off."
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_splits(self) -> dict[str, dict[str, float]]:
+        r = self.cfg.runtime
+        return {
+            split: evaluate(
+                self.forward,
+                loader,
+                self.eval_tf,
+                self.ctx.device,
+                amp=r.amp,
+                channels_last=r.channels_last,
+            )
+            for split, loader in self.eval_loaders.items()
+        }
+
+
+def _progress(cfg: Config, ctx: RuntimeContext, epoch: int, steps: int) -> Any:
+    if not (cfg.runtime.progress and ctx.is_main and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{cfg.solver.epochs}",
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _report(
+    bar: Any,
+    epoch: int,
+    step: int,
+    steps: int,
+    sums: RunningSums,
+    lr: float,
+    seen: int,
+    elapsed: float,
+) -> None:
+    means = sums.means()
+    ips = seen / max(elapsed, 1e-9)
+    if bar is not None:
+        bar.set_postfix(
+            loss=f"{means['loss']:.4f}",
+            top1=f"{means['top1']:.1f}",
+            lr=f"{lr:.3g}",
+            img_s=f"{ips:.0f}",
+            refresh=False,
+        )
+    else:
+        logger.info(
+            "epoch %d [%d/%d] loss %.4f top1 %.2f lr %.4g %.0f img/s",
+            epoch + 1,
+            step + 1,
+            steps,
+            means["loss"],
+            means["top1"],
+            lr,
+            ips,
+        )
+
+
+def _summary(run: _Run, epochs_done: int, last: dict[str, Any], wall: float) -> dict[str, Any]:
+    return {
+        "name": run.cfg.experiment.name,
+        "run_dir": str(run.run_dir),
+        "model": run.cfg.model.name,
+        "teacher": run.cfg.teacher.name if run.teacher is not None else None,
+        "teacher_test_top1": run.teacher_top1,
+        "loss": run.cfg.loss.name,
+        "epochs": run.cfg.solver.epochs,
+        "epochs_completed": epochs_done,
+        "completed": epochs_done >= run.cfg.solver.epochs,
+        "best_selected_by": run.best["split"],
+        "best": dict(run.best),
+        "last": last,
+        "max_test_top1": run.max_test_top1,
+        "wall_time_s": wall,
+        "lud_version": __version__,
+    }
+
+
+def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` with ``cfg.loss``, distilling from ``cfg.teacher`` if the loss needs one.
+
+    Args:
+        cfg: the run configuration (validated here again, before any work).
+        resume: continue ``output_dir/name/last.pt`` instead of refusing an existing run folder.
+        stop_after: stop once this many epochs are complete (for pre-emptible jobs and tests);
+            the run can be continued later with ``resume=True``.
+
+    Returns:
+        The summary written to ``summary.json``: best (by val top-1 if a val split exists, else
+        test top-1) and last top-1/top-5, epochs, wall time.
+
+    Raises:
+        ConfigError / ValueError: bad configuration, data, or teacher (before training starts).
+        RunFolderError: the run folder exists without ``resume`` (or has nothing to resume).
+        TrainingDivergedError: the loss became NaN/Inf (``last.pt`` keeps the last good epoch).
+    """
+    validate_config(cfg)
+    t_start = time.perf_counter()
+    run = _Run(cfg, resume)
+    ctx, run_dir = run.ctx, run.run_dir
+    handler = attach_file_log(run_dir) if ctx.is_main else None
+    mlog = (
+        MetricsLog(
+            run_dir,
+            tensorboard=cfg.runtime.tensorboard,
+            resume_epoch=run.start_epoch if resume else None,
+        )
+        if ctx.is_main
+        else None
+    )
+    try:
+        if ctx.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+        if run.teacher is not None and run.teacher_top1 is None and "test" in run.eval_loaders:
+            rt = evaluate(
+                run.teacher,
+                run.eval_loaders["test"],
+                run.eval_tf,
+                ctx.device,
+                amp=ctx.amp,
+                channels_last=cfg.runtime.channels_last,
+            )
+            run.teacher_top1 = rt["top1"]
+            logger.info("teacher %s: test top-1 %.2f%%", cfg.teacher.name, rt["top1"])
+        last: dict[str, Any] = dict(_lookup_last(run_dir, run.start_epoch))
+        done = run.start_epoch
+        end = cfg.solver.epochs if stop_after is None else min(cfg.solver.epochs, stop_after)
+        for epoch in range(run.start_epoch, end):
+            row: dict[str, Any] = {"epoch": epoch + 1}
+            row.update(run.train_epoch(epoch))
+            if (epoch + 1) % cfg.runtime.eval_every == 0 or epoch + 1 == cfg.solver.epochs:
+                results = run.evaluate_splits()
+                for split, res in results.items():
+                    row.update({f"{split}/{k}": v for k, v in res.items() if k != "n"})
+                test1 = results["test"]["top1"]
+                run.max_test_top1 = (
+                    test1 if run.max_test_top1 is None else max(run.max_test_top1, test1)
+                )
+                chosen = results[run.best_split]["top1"]
+                improved = run.best["top1"] is None or chosen > run.best["top1"]
+                if improved:
+                    run.best.update(
+                        epoch=epoch + 1,
+                        top1=chosen,
+                        test_top1=test1,
+                        test_top5=results["test"]["top5"],
+                    )
+                last = {
+                    "epoch": epoch + 1,
+                    **{
+                        f"{s}_{k}": v
+                        for s, res in results.items()
+                        for k, v in res.items()
+                        if k in ("top1", "top5")
+                    },
+                }
+            else:
+                improved = False
+            row.update(
+                {
+                    "test/max_top1": run.max_test_top1,
+                    "best/split": run.best["split"],
+                    "best/epoch": run.best["epoch"],
+                    "best/top1": run.best["top1"],
+                    "best/test_top1": run.best["test_top1"],
+                }
+            )
+            wall = run.wall_before + time.perf_counter() - t_start
+            row["time/wall_s"] = wall
+            if ctx.is_main:
+                state = run._state(epoch + 1, row, wall)
+                atomic_save(state, run_dir / "last.pt")
+                if improved:
+                    atomic_save(state, run_dir / "best.pt")
+                assert mlog is not None
+                mlog.write(row)
+                logger.info("epoch %d/%d: %s", epoch + 1, cfg.solver.epochs, _brief(row))
+            done = epoch + 1
+        summary = _summary(run, done, last, run.wall_before + time.perf_counter() - t_start)
+        if ctx.is_main:
+            atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+        return summary
+    finally:
+        if mlog is not None:
+            mlog.close()
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _lookup_last(run_dir: Path, epoch: int) -> dict[str, Any]:
+    """The "last" summary entry as of a resumed checkpoint (from its metrics.jsonl row)."""
+    from .runlog import read_metrics
+
+    if epoch == 0:
+        return {}
+    for row in reversed(read_metrics(run_dir / "metrics.jsonl")):
+        if row.get("epoch", 0) <= epoch and "test/top1" in row:
+            return {
+                "epoch": row["epoch"],
+                **{
+                    k.replace("/", "_"): row[k]
+                    for k in row
+                    if k.split("/")[-1] in ("top1", "top5") and k.split("/")[0] in ("test", "val")
+                },
+            }
+    return {}
+
+
+def _brief(row: dict[str, Any]) -> str:
+    keys = ("train/loss", "train/top1", "val/top1", "test/top1", "best/top1", "time/epoch_s")
+    return ", ".join(f"{k} {row[k]:.4g}" for k in keys if isinstance(row.get(k), (int, float)))
