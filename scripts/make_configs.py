@@ -143,7 +143,7 @@ def all_configs() -> dict[Path, dict]:
 
 
 def render(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
 
 
 def main() -> None:
