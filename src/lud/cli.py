@@ -1,4 +1,4 @@
-"""The ``lud`` command line: ``train``, ``eval``, ``list`` and ``demo``.
+"""The ``lud`` command line: ``train``, ``eval``, ``bench``, ``report``, ``list`` and ``demo``.
 
 Exit codes: 0 success; 1 training diverged (NaN/Inf loss); 2 bad usage, configuration, data or
 checkpoint (the message goes to stderr, without a traceback; set ``LUD_TRACEBACK=1`` to see one);
@@ -22,6 +22,8 @@ __all__ = ["main"]
 _COMMANDS = {
     "train": "train a model (a teacher with loss 'ce', or a student distilled from a teacher)",
     "eval": "evaluate a checkpoint: top-1, top-5, NLL, ECE",
+    "bench": "benchmark methods side by side over seeds (and ablate LUD); write the tables",
+    "report": "plots and a Markdown page for a run folder or a benchmark folder",
     "list": "list registered losses, models and data sets",
     "demo": "run the built-in demonstration",
 }
@@ -218,6 +220,100 @@ def _cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bench / report
+def _bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lud bench",
+        description=_COMMANDS["bench"],
+        epilog="Finished runs are never retrained: rerun the same command to resume a benchmark.",
+    )
+    p.add_argument("config", help="distillation config (YAML) naming the teacher checkpoint")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides (not loss.*)"
+    )
+    p.add_argument(
+        "--methods",
+        help="comma-separated losses (default: kd,dkd,dist,kd+ls,ctkd,mlkd,lud; none with "
+        "--ablate); the student alone is always trained",
+    )
+    p.add_argument(
+        "--seeds",
+        default="3",
+        help="number of seeds, counted from experiment.seed (default 3), or a list: 0,1,2 "
+        "(one given seed: 7,)",
+    )
+    p.add_argument(
+        "--output-dir", help="benchmark folder (default: <experiment.output_dir>/bench-<name>)"
+    )
+    p.add_argument(
+        "--method-params",
+        action="append",
+        metavar="SPEC",
+        help="per-method loss parameters: lud.cdl_weight=2,dkd.beta=4 or a YAML file "
+        "{lud: {cdl_weight: 2}}; repeatable",
+    )
+    p.add_argument("--ablate", choices=("lud",), help="also run LUD with each part switched off")
+    p.add_argument("--retry-failed", action="store_true", help="train diverged runs again")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their state; train nothing"
+    )
+    return p
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    from .bench import plan_bench, run_bench
+
+    args = _bench_parser().parse_intermixed_args(argv)
+    methods = None if args.methods is None else args.methods.split(",")
+    kwargs = {"method_params": args.method_params, "ablate": args.ablate}
+    if args.dry_run:
+        plan = plan_bench(
+            args.config, methods, args.seeds, args.overrides, args.output_dir, **kwargs
+        )
+        print(f"benchmark folder: {plan.bench_dir}")
+        for run in plan.runs:
+            epochs = run.config.solver.epochs
+            print(
+                f"  {run.variant.label:<18} seed {run.seed:<4} {run.status:<7} "
+                f"{run.epochs_done}/{epochs} epochs  {run.run_dir}"
+            )
+        return 0
+    result = run_bench(
+        args.config,
+        methods,
+        args.seeds,
+        args.overrides,
+        args.output_dir,
+        retry_failed=args.retry_failed,
+        **kwargs,
+    )
+    from .bench_results import markdown
+
+    print(markdown(result, title=False, runs=False).rstrip())
+    print(f"\ntables: {result.bench_dir / 'results.md'}, results.csv, runs.csv")
+    return 0
+
+
+def _cmd_report(argv: list[str]) -> int:
+    from .report import make_report
+
+    p = argparse.ArgumentParser(prog="lud report", description=_COMMANDS["report"])
+    p.add_argument("run_dir", help="a run folder, a benchmark folder, or a folder of run folders")
+    p.add_argument("--output-dir", help="where report.md and the PNGs go (default: RUN_DIR/report)")
+    p.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="evaluate no checkpoint: reliability and per-class plots use cached results only",
+    )
+    p.add_argument("--device", help="device for evaluating checkpoints (default: the run's)")
+    args = p.parse_args(argv)
+    path = make_report(
+        args.run_dir, args.output_dir, evaluate=not args.no_eval, device=args.device
+    )
+    print(f"report: {path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- list / demo
 def _cmd_list(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lud list", description=_COMMANDS["list"])
@@ -289,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[list[str]], int]] = {
         "train": _cmd_train,
         "eval": _cmd_eval,
+        "bench": _cmd_bench,
+        "report": _cmd_report,
         "list": _cmd_list,
         "demo": _cmd_demo,
     }

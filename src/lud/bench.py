@@ -1,0 +1,713 @@
+"""``lud bench``: methods side by side — same teacher, same recipe, several seeds, one table.
+
+A benchmark starts from one distillation config (it names the teacher checkpoint and the recipe)
+and trains, for every seed, the student alone (loss ``ce``, no teacher) and the student with each
+method. Each (method, seed) pair gets its own run folder::
+
+    BENCH/bench.json               what was asked: base config, methods, their loss parameters
+    BENCH/<label>/seed<k>/         an ordinary run folder (config.yaml, metrics.jsonl, best.pt, …)
+    BENCH/<label>/seed<k>/eval_best.json   best.pt on the test set: NLL, ECE, bins, per class
+    BENCH/teacher_eval.json        the teacher on the test set
+    BENCH/results.md, results.csv, runs.csv
+
+Decisions:
+
+* **Loss parameters** are each method's defaults unless given per method
+  (``--method-params lud.cdl_weight=2,dkd.beta=4`` or a YAML file ``{lud: {cdl_weight: 2}}``).
+  The config's own ``loss`` section is replaced, so every method starts from the same place;
+  ``loss.*`` overrides are refused for that reason.
+* **Resuming**: a run whose ``summary.json`` says ``completed`` is done and never retrained; a run
+  with ``last.pt`` and no complete summary continues with ``resume=True``; a folder with
+  unreadable files stops the benchmark with a message naming the file. A run that diverges
+  (NaN loss) is marked ``bench_failed.json`` and skipped, so one bad method does not stop the
+  benchmark; ``retry_failed=True`` tries it again.
+* **One recipe per folder**: ``bench.json`` keeps the base config; re-running in the same folder
+  with a different recipe is refused (a finished run's config is compared too). Methods and
+  seeds may be added later: the tables cover everything the folder holds (so an ablation run
+  in the folder of a methods benchmark reuses the student and full-LUD runs).
+* **Seeds**: ``seeds=3`` means ``experiment.seed, +1, +2``; an explicit list is used as given.
+  The validation carve-out is drawn per seed; the test set is the same for every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import (
+    Config,
+    ConfigError,
+    LossConfig,
+    TeacherConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    validate_config,
+)
+
+__all__ = [
+    "ABLATIONS",
+    "BENCH_FILE",
+    "DEFAULT_METHODS",
+    "FAILED_FILE",
+    "STUDENT",
+    "BenchPlan",
+    "PlannedRun",
+    "Variant",
+    "config_diffs",
+    "parse_method_params",
+    "parse_seeds",
+    "plan_bench",
+    "run_bench",
+    "run_status",
+]
+
+#: Label (and folder) of the student trained alone, with cross-entropy.
+STUDENT = "student"
+#: Methods benchmarked when none are named.
+DEFAULT_METHODS = ("kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "lud")
+BENCH_FILE = "bench.json"
+FAILED_FILE = "bench_failed.json"
+_FORMAT = "lud-bench/1"
+
+#: ``--ablate NAME``: (label, part switched off, loss parameters that switch it off).
+ABLATIONS: dict[str, tuple[tuple[str, str, dict[str, Any]], ...]] = {
+    "lud": (
+        ("lud-no_mask", "confidence masks", {"sample_mask": False, "class_mask": False}),
+        ("lud-no_weighting", "uncertainty weighting", {"uncertainty_weighting": False}),
+        ("lud-no_cdl", "category Spearman (CDL)", {"cdl_weight": 0.0}),
+        ("lud-no_sdl", "sample Spearman (SDL)", {"sdl_weight": 0.0}),
+        ("lud-no_dyntemp", "dynamic temperature", {"dynamic_temperature": "off"}),
+        ("lud-no_instance", "instance KL term", {"instance_weight": 0.0}),
+    ),
+}
+
+# Config entries that do not change what a run computes: ignored when an existing run folder is
+# matched against the planned config (a different device or log interval must not force a rerun).
+_EXECUTION_KEYS = frozenset(
+    {
+        "experiment.output_dir",
+        "experiment.name",
+        "experiment.deterministic",
+        "data.eval_batch_size",
+        "data.num_workers",
+        "teacher.checkpoint",  # an absolute path: moving the project must not invalidate runs
+        "runtime.device",
+        "runtime.progress",
+        "runtime.log_every",
+        "runtime.tensorboard",
+        "runtime.compile",
+        "runtime.channels_last",
+        "runtime.teacher_cache",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: a loss with its parameters.
+
+    Attributes:
+        label: row name and folder name (``student``, ``kd``, ``lud-no_cdl`` …).
+        loss: registered loss name. params: its parameters (defaults when empty).
+        group: ``"baseline"`` (the student alone), ``"method"`` or ``"ablation"``.
+        off: for ablation rows, the part of the method switched off.
+    """
+
+    label: str
+    loss: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    group: str = "method"
+    off: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "loss": self.loss,
+            "params": dict(self.params),
+            "group": self.group,
+            "off": self.off,
+        }
+
+
+@dataclass
+class PlannedRun:
+    """One (variant, seed) run: its folder, config and current state."""
+
+    variant: Variant
+    seed: int
+    run_dir: Path
+    config: Config
+    status: str = "new"  # "done" | "resume" | "new" | "failed"
+    epochs_done: int = 0
+
+
+@dataclass
+class BenchPlan:
+    """What :func:`run_bench` will do; :func:`plan_bench` builds it without training."""
+
+    bench_dir: Path
+    base: Config
+    config_path: str
+    overrides: list[str]
+    variants: list[Variant]
+    seeds: list[int]
+    runs: list[PlannedRun]
+
+    @property
+    def needs_teacher(self) -> bool:
+        from .losses import loss_class
+
+        return any(loss_class(v.loss).requires_teacher for v in self.variants)
+
+
+# ----------------------------------------------------------------------------- parsing
+def parse_seeds(spec: int | str | Sequence[int], base: int = 0) -> list[int]:
+    """``3`` or ``"3"`` → ``[base, base+1, base+2]``; ``"0,4,7"`` or ``[0, 4, 7]`` → those seeds."""
+    bad_spec = f"seeds must be a count or a comma list of integers, got {spec!r}"
+    if isinstance(spec, str):
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(bad_spec) from None
+        if "," not in spec and len(values) == 1:
+            spec = values[0]  # a count
+        else:
+            spec = values
+    if isinstance(spec, bool):
+        raise ValueError(bad_spec)
+    if isinstance(spec, int):
+        if spec < 1:
+            raise ValueError(f"the number of seeds must be >= 1, got {spec}")
+        seeds = list(range(base, base + spec))
+    else:
+        seeds = list(spec)
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ValueError(bad_spec)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise ValueError(f"seeds must be in [0, 2**32), got {bad}")
+    return seeds
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets/braces (``a=[1,2],b=3`` → two items)."""
+    items, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    items.append("".join(cur))
+    return [s.strip() for s in items if s.strip()]
+
+
+# YAML 1.1 reads these as booleans; as loss parameters they are choices (dynamic_temperature=off).
+_WORDS = frozenset({"on", "off", "yes", "no", "y", "n"})
+
+
+def _value(text: str, item: str) -> Any:
+    if text.strip().lower() in _WORDS:
+        return text.strip()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot parse the value of '{item}': {exc}") from None
+
+
+def parse_method_params(specs: Sequence[str] | str | None) -> dict[str, dict[str, Any]]:
+    """Per-method loss parameters from ``method.param=value`` lists or YAML files.
+
+    Each spec is either a YAML file (a mapping ``method: {param: value}``) or a comma-separated
+    list ``lud.cdl_weight=2,dkd.beta=4`` (values parsed as YAML, except that ``on``/``off``/
+    ``yes``/``no`` stay strings: ``lud.dynamic_temperature=off``). Later specs win. A method is a
+    loss name (``kd+ls``, ``lud``; ``student`` or ``ce`` for the student alone) or a row label
+    (``lud-no_cdl``).
+    """
+    if specs is None:
+        return {}
+    if isinstance(specs, str):
+        specs = [specs]
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(method: str, param: str, value: Any, where: str) -> None:
+        if not method or not param:
+            raise ValueError(f"{where}: expected method.param=value, e.g. lud.cdl_weight=2")
+        out.setdefault(method, {})[param] = value
+
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if spec.endswith((".yaml", ".yml", ".json")) or path.is_file():
+            if not path.is_file():
+                raise ValueError(f"method-params file not found: {path}")
+            try:
+                raw = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise ValueError(f"cannot parse method-params file {path}: {exc}") from None
+            if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+                raise ValueError(
+                    f"method-params file {path} must map each method to a mapping of "
+                    "parameters, e.g. 'lud: {cdl_weight: 2}'"
+                )
+            for method, params in raw.items():
+                for param, value in params.items():
+                    add(str(method), str(param), value, str(path))
+            continue
+        for item in _split_top_level(spec):
+            key, eq, text = item.partition("=")
+            method, dot, param = key.strip().partition(".")
+            if not eq or not dot:
+                raise ValueError(
+                    f"method parameter '{item}' must look like method.param=value "
+                    "(e.g. lud.cdl_weight=2)"
+                )
+            add(method.strip(), param.strip(), _value(text, item), repr(item))
+    return out
+
+
+# ----------------------------------------------------------------------------- run folders
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not readable JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def run_status(run_dir: str | os.PathLike[str]) -> tuple[str, int]:
+    """``(status, epochs done)`` of a run folder: ``done``, ``resume``, ``new`` or ``failed``.
+
+    Raises:
+        ValueError: the folder holds files a run cannot continue from (unreadable summary or
+            checkpoint, checkpoints without ``last.pt``); the message says which and what to do.
+    """
+    from .engine import load_checkpoint
+
+    run = Path(run_dir)
+    redo = f"delete the run folder {run} to train this run again"
+    if (run / FAILED_FILE).is_file():
+        return "failed", 0
+    summary = run / "summary.json"
+    if summary.is_file():
+        try:
+            s = _read_json(summary)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; {redo}") from None
+        if not isinstance(s.get("completed"), bool):
+            raise ValueError(f"{summary} is not a lud run summary (no 'completed' field); {redo}")
+        if s["completed"]:
+            return "done", int(s.get("epochs_completed", 0))
+    last = run / "last.pt"
+    if last.is_file():
+        try:
+            epoch = int(load_checkpoint(last)["epoch"])
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+            raise ValueError(
+                f"cannot resume {run}: {last} is not a readable lud checkpoint ({exc}); {redo}"
+            ) from None
+        return "resume", epoch
+    if run.is_dir() and any(run.glob("*.pt")):
+        raise ValueError(f"{run} holds checkpoints but no last.pt to resume from; {redo}")
+    return "new", 0
+
+
+def _flatten(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        f"{sec}.{key}": value
+        for sec, body in cfg.items()
+        if isinstance(body, Mapping)
+        for key, value in body.items()
+    }
+
+
+def config_diffs(
+    saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: Sequence[str] = ()
+) -> list[str]:
+    """``key: saved vs planned`` for every entry that changes what a run computes.
+
+    Execution-only entries (device, logging, output folder, …) and ``ignore`` are skipped.
+    """
+    a, b = _flatten(saved), _flatten(planned)
+    skip = _EXECUTION_KEYS | set(ignore)
+    return [
+        f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if k not in skip
+        and not k.startswith(tuple(f"{i}." for i in ignore))
+        and a.get(k) != b.get(k)
+    ]
+
+
+def _saved_config(run: Path, status: str) -> dict[str, Any]:
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"{run} has a {'summary' if status == 'done' else 'checkpoint'} but no config.yaml; "
+            f"delete the run folder {run} to train this run again"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot parse {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is not a run config")
+    return raw
+
+
+# ----------------------------------------------------------------------------- planning
+def _variants(
+    methods: Sequence[str], ablate: str | None, params: dict[str, dict[str, Any]]
+) -> list[Variant]:
+    from .losses import available_losses, loss_class
+    from .losses.registry import suggest
+
+    losses = available_losses()
+    names: list[str] = []
+    for m in methods:
+        m = m.strip()
+        if not m or m in (STUDENT, "ce"):
+            continue  # the student alone is always part of the benchmark
+        if m not in losses:
+            raise ValueError(f"unknown method '{m}'.{suggest(m, [x for x in losses if x != 'ce'])}")
+        if m not in names:
+            names.append(m)
+    if ablate is not None and ablate not in ABLATIONS:
+        raise ValueError(
+            f"--ablate supports {', '.join(ABLATIONS)}, got '{ablate}' (each ablation is a list "
+            "of parameters that switch one part of the method off)"
+        )
+
+    def merged(label: str, loss: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        key = STUDENT if loss == "ce" else loss
+        out = {**params.get(key, {}), **(params.get("ce", {}) if loss == "ce" else {})}
+        if label != key:
+            out.update(params.get(label, {}))
+        out.update(extra or {})
+        return out
+
+    out = [Variant(STUDENT, "ce", merged(STUDENT, "ce"), group="baseline")]
+    out += [Variant(m, m, merged(m, m), group="method") for m in names]
+    if ablate is not None:
+        if ablate not in names:
+            out.append(Variant(ablate, ablate, merged(ablate, ablate), group="ablation"))
+        out += [
+            Variant(label, ablate, merged(label, ablate, switch), group="ablation", off=off)
+            for label, off, switch in ABLATIONS[ablate]
+        ]
+    known = {v.label for v in out} | {v.loss for v in out} | {"ce"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(
+            f"--method-params names {', '.join(repr(u) for u in unknown)}, which this benchmark "
+            f"does not run (it runs {', '.join(v.label for v in out)})"
+        )
+    for v in out:
+        if not loss_class(v.loss).requires_teacher and v.label != STUDENT:
+            raise ValueError(f"method '{v.label}' uses no teacher; it is not a distillation method")
+    return out
+
+
+def _run_config(base: Config, v: Variant, seed: int, bench_dir: Path) -> Config:
+    from .losses import loss_class
+
+    cfg = copy.deepcopy(base)
+    cfg.experiment.output_dir = str(bench_dir / v.label)
+    cfg.experiment.name = f"seed{seed}"
+    cfg.experiment.seed = seed
+    cfg.loss = LossConfig(name=v.loss, params=copy.deepcopy(dict(v.params)))
+    if not loss_class(v.loss).requires_teacher:
+        cfg.teacher = TeacherConfig()  # the student alone: no teacher to load or warn about
+        cfg.runtime.teacher_cache = False
+    return cfg
+
+
+def _base_config(config: str | os.PathLike[str], overrides: Sequence[str]) -> Config:
+    bad = [o for o in overrides if o.strip().startswith("loss.")]
+    if bad:
+        raise ConfigError(
+            f"override {bad[0]!r}: a benchmark sets the loss of every run itself; give per-method "
+            "loss parameters with --method-params (e.g. lud.cdl_weight=2)"
+        )
+    base = load_config(config, list(overrides), validate=False)
+    if base.teacher.checkpoint:
+        base.teacher.checkpoint = str(Path(base.teacher.checkpoint).expanduser().resolve())
+    return base
+
+
+def _read_manifest(bench_dir: Path) -> dict[str, Any] | None:
+    path = bench_dir / BENCH_FILE
+    if not path.is_file():
+        return None
+    raw = _read_json(path)
+    if raw.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a lud benchmark manifest (format {raw.get('format')!r})")
+    return raw
+
+
+def plan_bench(
+    config: str | os.PathLike[str],
+    methods: Sequence[str] | None = None,
+    seeds: int | str | Sequence[int] = 3,
+    overrides: Sequence[str] = (),
+    output_dir: str | os.PathLike[str] | None = None,
+    *,
+    method_params: Mapping[str, Mapping[str, Any]] | Sequence[str] | str | None = None,
+    ablate: str | None = None,
+) -> BenchPlan:
+    """Resolve the runs of a benchmark and the state of their folders, without training.
+
+    Arguments as for :func:`run_bench`. Every run config is validated here (loss parameters,
+    teacher checkpoint, data set name), so a typo fails before hours of training.
+    """
+    base = _base_config(config, overrides)
+    if methods is None:
+        methods = () if ablate is not None else DEFAULT_METHODS
+    elif isinstance(methods, str):
+        methods = [m for m in methods.split(",")]
+    if method_params is None or isinstance(method_params, (str, list, tuple)):
+        params = parse_method_params(method_params)  # type: ignore[arg-type]
+    else:
+        params = {str(k): dict(v) for k, v in method_params.items()}
+    variants = _variants(methods, ablate, params)
+    seed_list = parse_seeds(seeds, base.experiment.seed)
+    bench_dir = (
+        Path(
+            output_dir
+            if output_dir is not None
+            else Path(base.experiment.output_dir) / f"bench-{base.experiment.name}"
+        )
+        .expanduser()
+        .resolve()
+    )
+
+    manifest = _read_manifest(bench_dir)
+    if manifest is not None:
+        diffs = config_diffs(
+            manifest["base_config"], config_to_dict(base), ignore=("experiment.seed", "loss")
+        )
+        if diffs:
+            raise ValueError(
+                f"benchmark folder {bench_dir} was made with another recipe:\n  "
+                + "\n  ".join(diffs)
+                + "\nuse another --output-dir, or the same config and overrides as before"
+            )
+        old_teacher = (manifest.get("teacher") or {}).get("checkpoint")
+        if (
+            old_teacher
+            and old_teacher != base.teacher.checkpoint
+            and Path(old_teacher).is_file()  # a moved project may leave a stale path: accept it
+        ):
+            raise ValueError(
+                f"benchmark folder {bench_dir} was made with teacher {old_teacher}, now asked for "
+                f"{base.teacher.checkpoint}; use another --output-dir"
+            )
+        earlier = {v["label"]: v for v in manifest["variants"]}
+        for v in variants:
+            old = earlier.get(v.label)
+            if old is not None and (old["loss"], old["params"]) != (v.loss, v.params):
+                raise ValueError(
+                    f"benchmark folder {bench_dir} already has '{v.label}' with loss "
+                    f"{old['loss']} {old['params'] or '(defaults)'}; now asked for "
+                    f"{v.params or '(defaults)'}. Use another --output-dir for other parameters"
+                )
+
+    runs: list[PlannedRun] = []
+    for v in variants:
+        for seed in seed_list:
+            cfg = _run_config(base, v, seed, bench_dir)
+            try:
+                validate_config(cfg)
+            except ConfigError as exc:
+                raise ConfigError(f"run '{v.label}' (seed {seed}): {exc}") from None
+            run_dir = bench_dir / v.label / f"seed{seed}"
+            status, done = run_status(run_dir)
+            if status in ("done", "resume"):
+                diffs = config_diffs(_saved_config(run_dir, status), config_to_dict(cfg))
+                if diffs:
+                    raise ValueError(
+                        f"run folder {run_dir} was trained with another config:\n  "
+                        + "\n  ".join(diffs)
+                        + "\ndelete it or use another --output-dir"
+                    )
+            runs.append(PlannedRun(v, seed, run_dir, cfg, status, done))
+    return BenchPlan(
+        bench_dir=bench_dir,
+        base=base,
+        config_path=str(config),
+        overrides=list(overrides),
+        variants=variants,
+        seeds=seed_list,
+        runs=runs,
+    )
+
+
+def _write_manifest(plan: BenchPlan) -> None:
+    """Record the plan, merged with what the folder already holds (methods added later)."""
+    from .engine.checkpoint import atomic_write_text
+
+    old = _read_manifest(plan.bench_dir) or {"variants": [], "runs": []}
+    variants = {v["label"]: v for v in old["variants"]}
+    for v in plan.variants:
+        prev = variants.get(v.label)
+        entry = v.to_dict()
+        if prev is not None and "method" in (prev["group"], v.group):
+            entry["group"] = "method"  # full LUD asked as a method once stays a method row
+        variants[v.label] = entry if prev is None else {**prev, "group": entry["group"]}
+    runs = {(r["label"], r["seed"]): r for r in old["runs"]}
+    for r in plan.runs:
+        rel = r.run_dir.relative_to(plan.bench_dir).as_posix()
+        runs[(r.variant.label, r.seed)] = {"label": r.variant.label, "seed": r.seed, "run_dir": rel}
+    order = list(variants)
+    manifest = {
+        "format": _FORMAT,
+        "config": plan.config_path,
+        "overrides": plan.overrides,
+        "base_config": config_to_dict(plan.base),
+        "teacher": {"name": plan.base.teacher.name, "checkpoint": plan.base.teacher.checkpoint},
+        "variants": list(variants.values()),
+        "runs": sorted(runs.values(), key=lambda r: (order.index(r["label"]), r["seed"])),
+    }
+    plan.bench_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(manifest, indent=1) + "\n", plan.bench_dir / BENCH_FILE)
+
+
+def load_manifest(bench_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``bench.json`` of a benchmark folder (``ValueError`` if there is none)."""
+    m = _read_manifest(Path(bench_dir))
+    if m is None:
+        raise ValueError(f"{bench_dir} is not a benchmark folder (no {BENCH_FILE})")
+    return m
+
+
+def base_config_of(manifest: Mapping[str, Any]) -> Config:
+    """The benchmark's base config (recipe and teacher) from its manifest."""
+    return config_from_dict(copy.deepcopy(dict(manifest["base_config"])))
+
+
+# ----------------------------------------------------------------------------- running
+def _default_log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}min"
+    return f"{seconds / 3600:.1f}h"
+
+
+# Looked up at call time so that tests can count or interrupt training.
+def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
+    from .engine import train as _train
+
+    return _train(cfg, resume=resume)
+
+
+def run_bench(
+    config: str | os.PathLike[str],
+    methods: Sequence[str] | None = None,
+    seeds: int | str | Sequence[int] = 3,
+    overrides: Sequence[str] = (),
+    output_dir: str | os.PathLike[str] | None = None,
+    *,
+    method_params: Mapping[str, Mapping[str, Any]] | Sequence[str] | str | None = None,
+    ablate: str | None = None,
+    retry_failed: bool = False,
+    log: Callable[[str], None] | None = _default_log,
+) -> Any:
+    """Train every (method, seed) run that is not done yet and write the tables.
+
+    Args:
+        config: a distillation config (YAML) naming the teacher checkpoint and the recipe.
+        methods: loss names (default :data:`DEFAULT_METHODS`, or none with ``ablate``); the
+            student alone is always added.
+        seeds: a count (from ``experiment.seed``) or the seeds themselves.
+        overrides: ``section.key=value`` applied to the config (not ``loss.*``).
+        output_dir: the benchmark folder (default ``<experiment.output_dir>/bench-<name>``).
+        method_params: per-method loss parameters, ``{"lud": {"cdl_weight": 2}}``, or specs for
+            :func:`parse_method_params`.
+        ablate: ``"lud"``: also run LUD with each part switched off in turn.
+        retry_failed: train runs marked as diverged again.
+        log: progress messages (``None``: silent).
+
+    Returns:
+        The :class:`lud.bench_results.BenchResult` (rows of ``results.csv`` and the markdown).
+    """
+    from .bench_results import collect_results, write_results
+    from .calibration import evaluate_run, evaluate_teacher
+    from .engine import TrainingDivergedError
+    from .engine.checkpoint import atomic_write_text
+
+    say = log or (lambda _m: None)
+    plan = plan_bench(
+        config, methods, seeds, overrides, output_dir, method_params=method_params, ablate=ablate
+    )
+    _write_manifest(plan)
+    if plan.needs_teacher:
+        ev = evaluate_teacher(plan.base, cache_path=plan.bench_dir / "teacher_eval.json")
+        say(f"teacher {plan.base.teacher.name}: test top-1 {ev.top1:.2f}%")
+    total = len(plan.runs)
+    todo = [
+        r
+        for r in plan.runs
+        if r.status in ("new", "resume") or (r.status == "failed" and retry_failed)
+    ]
+    say(
+        f"{total} runs in {plan.bench_dir}: {total - len(todo)} already done or failed, "
+        f"{len(todo)} to train"
+    )
+    spent, epochs_trained = 0.0, 0
+    finished = total - len(todo)
+    for i, run in enumerate(todo):
+        epochs = run.config.solver.epochs
+        left = sum(r.config.solver.epochs - r.epochs_done for r in todo[i:])
+        eta = f", ETA {_duration(spent / epochs_trained * left)}" if epochs_trained else ""
+        what = "resuming" if run.status == "resume" else "training"
+        say(
+            f"[{finished}/{total} done{eta}] {what} {run.variant.label} seed {run.seed} "
+            f"({run.epochs_done}/{epochs} epochs done)"
+        )
+        if run.status == "failed":
+            (run.run_dir / FAILED_FILE).unlink()
+            run.status, run.epochs_done = run_status(run.run_dir)
+        t0 = time.perf_counter()
+        try:
+            summary = train(run.config, resume=run.status == "resume")
+        except TrainingDivergedError as exc:
+            atomic_write_text(json.dumps({"error": str(exc)}) + "\n", run.run_dir / FAILED_FILE)
+            say(f"{run.variant.label} seed {run.seed} diverged, skipped: {exc}")
+        else:
+            evaluate_run(run.run_dir)
+            say(
+                f"{run.variant.label} seed {run.seed}: best test top-1 "
+                f"{summary['best']['test_top1']:.2f}% ({_duration(summary['wall_time_s'])})"
+            )
+        spent += time.perf_counter() - t0
+        epochs_trained += epochs - run.epochs_done
+        finished += 1
+        write_results(collect_results(plan.bench_dir))  # partial tables survive an interruption
+    result = collect_results(plan.bench_dir)
+    write_results(result)
+    say(f"{total}/{total} done; tables in {plan.bench_dir / 'results.md'}")
+    return result
