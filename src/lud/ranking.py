@@ -169,12 +169,20 @@ def _center_unit_max(x: Tensor, dim: int, rel_eps: float) -> tuple[Tensor, Tenso
 
     Returns ``(u, constant)``: ``u`` has max |u| = 1 per vector (so sums of squares cannot
     underflow), and is exactly 0 where ``constant`` (the vector is constant up to ``rel_eps``
-    relative to its largest magnitude). Safe denominators keep gradients finite there.
+    relative to its largest magnitude, or its spread is below ``sqrt(finfo.tiny)``, about 1e-19
+    in float32). Safe denominators keep gradients finite there.
+
+    Why the absolute floor: the backward pass multiplies by ``1 / spread``. A spread in the
+    subnormal range (a Gram row of probabilities that underflowed, e.g. ``[0, ..., 0, 5e-43]``)
+    makes that ``inf`` and the row's gradient NaN; below ``sqrt(tiny)`` the values are also mostly
+    underflow debris, so their order carries no information worth a gradient.
     """
     xc = x - x.mean(dim=dim, keepdim=True)
     spread = xc.detach().abs().amax(dim=dim, keepdim=True)
     magnitude = x.detach().abs().amax(dim=dim, keepdim=True)
-    constant = spread <= rel_eps * magnitude  # also catches spread == magnitude == 0
+    floor = math.sqrt(torch.finfo(x.dtype).tiny)
+    # also catches spread == magnitude == 0
+    constant = (spread <= rel_eps * magnitude) | (spread < floor)
     u = xc / torch.where(constant, torch.ones_like(spread), spread)
     return torch.where(constant, torch.zeros_like(u), u), constant
 
@@ -365,7 +373,9 @@ def pearson(a: Tensor, b: Tensor, dim: int = -1, eps: float | None = None) -> Te
 
     Args:
         eps: relative tolerance for "constant": a vector whose centred values are all within
-            ``eps * max|value|`` of zero. Default ``32 * torch.finfo(dtype).eps``.
+            ``eps * max|value|`` of zero. Default ``32 * torch.finfo(dtype).eps``. A vector whose
+            spread is below ``sqrt(torch.finfo(dtype).tiny)`` (~1e-19 in float32) also counts as
+            constant: its ``1 / spread`` gradient would overflow.
     """
     a, b = _check_tensor(a, "a"), _check_tensor(b, "b")
     if a.shape != b.shape:
