@@ -12,7 +12,8 @@ A run is described by one YAML file with the sections below (every key optional 
     solver:     {optimizer, lr, momentum, nesterov, weight_decay, epochs, schedule,
                  milestones, gamma, warmup_epochs, min_lr}
     runtime:    {device, amp, channels_last, compile, log_every, progress, eval_every,
-                 teacher_cache, max_steps_per_epoch, tensorboard}
+                 teacher_cache, max_steps_per_epoch, tensorboard, dist_backend, sync_bn,
+                 data_on_device, compile_teacher}
 
 Inheritance: a file may say ``_base_: ../base.yaml`` (or a list of paths, applied in order),
 relative to the file itself. Mappings merge key by key, recursively; lists and scalars are
@@ -146,6 +147,11 @@ class RuntimeConfig:
     teacher_cache: bool = False
     max_steps_per_epoch: int | None = None
     tensorboard: bool = True
+    # data-parallel and GPU path (docs/distributed.md)
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    sync_bn: bool = False
+    data_on_device: bool = False
+    compile_teacher: bool | None = None  # None: follow `compile`
 
 
 @dataclass

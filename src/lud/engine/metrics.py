@@ -1,4 +1,9 @@
-"""Evaluation (top-1/top-5, NLL, ECE) and on-device running sums for training statistics."""
+"""Evaluation (top-1/top-5, NLL, ECE) and on-device running sums for training statistics.
+
+Both reduce across data-parallel ranks through an optional ``reduce`` callable (an in-place sum
+over ranks, :func:`lud.engine.distributed.all_reduce_sum`): what is summed is counts and sums,
+never per-rank means, so the result is that of one process over the union of the ranks' samples.
+"""
 
 from __future__ import annotations
 
@@ -86,8 +91,15 @@ def evaluate(
     amp: str = "off",
     channels_last: bool = False,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    max_samples: int | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """Accuracy and calibration of ``model`` over ``loader`` (eval mode, restored after).
+
+    Data-parallel evaluation: give each rank its shard, ``max_samples`` = its number of distinct
+    samples (:func:`lud.engine.distributed.shard_size`; the DistributedSampler padding at the end
+    of a shard is then not counted) and ``reduce`` = a sum over ranks. Every rank gets the metrics
+    of the whole split, exactly as one process would compute them.
 
     Returns:
         ``top1``/``top5``: accuracy in percent (top-5 becomes top-C when C < 5);
@@ -100,6 +112,10 @@ def evaluate(
     bins = torch.zeros(ECE_BINS, 3, dtype=torch.float64, device=device)
     n = 0
     for logits, y in _batches(model, loader, transform, device, amp, channels_last):
+        if max_samples is not None:
+            if n >= max_samples:
+                break
+            logits, y = logits[: max_samples - n], y[: max_samples - n]
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
         hit = topk == y[:, None]
@@ -108,6 +124,10 @@ def evaluate(
         sums += torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum(), nll, loss]).double()
         bins += ece_bins(logits, y)
         n += int(y.shape[0])
+    if reduce is not None:
+        count = torch.tensor([float(n)], dtype=torch.float64, device=device)
+        packed = reduce(torch.cat([sums, bins.reshape(-1), count]))
+        sums, bins, n = packed[:4], packed[4:-1].reshape(ECE_BINS, 3), int(packed[-1])
     if n == 0:
         raise ValueError("evaluate() got an empty loader")
     top1, top5, nll, loss = (sums / n).tolist()
@@ -175,8 +195,16 @@ class RunningSums:
         self._sums = vec if self._sums is None else self._sums + vec
         self.count += n
 
-    def means(self) -> dict[str, float]:
-        """Per-sample means as floats (one device synchronisation)."""
+    def means(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """Per-sample means as floats (one device synchronisation).
+
+        ``reduce``: an in-place sum over ranks applied to the sums and the count, so the means
+        are over every rank's samples (every rank must call it, with the same keys).
+        """
         if self._sums is None or self._keys is None or self.count == 0:
             return {}
-        return dict(zip(self._keys, (self._sums / self.count).tolist()))
+        if reduce is None:
+            return dict(zip(self._keys, (self._sums / self.count).tolist()))
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.device)
+        packed = reduce(torch.cat([self._sums, count]))
+        return dict(zip(self._keys, (packed[:-1] / packed[-1]).tolist()))

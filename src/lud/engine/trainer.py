@@ -16,11 +16,20 @@ knowing:
   hardware and software). Resumption is at epoch granularity.
 * Loss statistics are summed on the device; the host reads them every ``log_every`` steps and
   at the epoch end, which is also when a non-finite loss is detected.
+* Data parallel (``torchrun``; see ``docs/distributed.md``): ``data.batch_size`` is per process;
+  the student is wrapped in DDP, a loss with parameters has its gradients averaged by hand, the
+  teacher is not wrapped. Augmentation parameters are drawn for the whole global batch from a
+  rank-independent generator and each rank keeps its rows, so N processes with batch b see the
+  same images as one process with batch N·b. Training statistics and evaluation are reduced as
+  sums and counts over ranks (evaluation is sharded, without the sampler's padding); only rank 0
+  writes files; every rank reads ``last.pt`` on resume (the run folder must be shared).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,14 +47,16 @@ from ..config import (
     teacher_cache_error,
     validate_config,
 )
+from . import distributed
 from .checkpoint import CHECKPOINT_FORMAT, atomic_save, atomic_write_text, load_checkpoint
 from .metrics import RunningSums, evaluate
 from .optim import LRSchedule, build_optimizer
 from .runlog import MetricsLog, attach_file_log, logger
-from .runtime import RuntimeContext, setup_runtime
+from .runtime import DeviceBatches, RuntimeContext, setup_runtime
 from .seeding import (
     capture_rng_state,
     configure_determinism,
+    derive_seed,
     make_generator,
     restore_rng_state,
     seed_everything,
@@ -140,19 +151,41 @@ def _dummy_forward(
         )
 
 
+def _on_device(loader: Any, device: torch.device) -> DeviceBatches:
+    """``loader``'s batches cut from a copy of its in-memory data set held on ``device``."""
+    ds = loader.dataset
+    return DeviceBatches(loader, ds.images.to(device), ds.labels.to(device))
+
+
 class _Run:
     """Everything one training run holds; :func:`train` drives it."""
 
     def __init__(self, cfg: Config, resume: bool) -> None:
+        self.cfg = cfg
+        self.ctx: RuntimeContext = setup_runtime(cfg.runtime)
+        try:
+            self._build(cfg, resume)
+        except BaseException:
+            self.ctx.close()
+            raise
+
+    def _build(self, cfg: Config, resume: bool) -> None:
         from ..data import build_data, make_batch_transform, make_loader
+        from ..data.bundle import ArrayDataset
         from ..losses import build_loss
         from ..models import build_model
 
-        self.cfg = cfg
-        self.ctx: RuntimeContext = setup_runtime(cfg.runtime)
         self.run_dir = run_dir_of(cfg)
+        error = None
         if self.ctx.is_main:
-            _prepare_run_dir(self.run_dir, resume)
+            try:
+                _prepare_run_dir(self.run_dir, resume)
+            except RunFolderError as exc:
+                error = str(exc)
+        # Every rank fails with rank 0's message instead of waiting for it in a collective.
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise RunFolderError(error)
         configure_determinism(cfg.experiment.deterministic)
         seed_everything(cfg.experiment.seed)
         dev = self.ctx.device
@@ -171,25 +204,48 @@ class _Run:
         if r.teacher_cache and self.bundle.augment != "none":
             raise ConfigError(teacher_cache_error(self.bundle.augment))
         pin = dev.type == "cuda"
-        drop_last = len(self.bundle.train) >= d.batch_size
-        self.train_loader = make_loader(
+        world, rank = self.ctx.world_size, self.ctx.rank
+        # Drop the incomplete last batch only if this rank's shard holds at least one full batch.
+        drop_last = distributed.shard_size(len(self.bundle.train), 0, world) >= d.batch_size
+        self.train_loader: Any = make_loader(
             self.bundle.train,
             d.batch_size,
             shuffle=True,
             drop_last=drop_last,
             seed=cfg.experiment.seed,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
+            rank=rank,
+            world_size=world,
             num_workers=d.num_workers,
             pin_memory=pin,
         )
-        self.eval_loaders = {
+        # Evaluation is sharded too; `eval_counts` are each shard's distinct samples (the padding
+        # that evens out the shards sits at their ends and is not counted).
+        self.eval_loaders: dict[str, Any] = {
             split: make_loader(
-                ds, d.eval_batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin
+                ds,
+                d.eval_batch_size,
+                shuffle=False,
+                rank=rank,
+                world_size=world,
+                num_workers=d.num_workers,
+                pin_memory=pin,
             )
             for split, ds in (("val", self.bundle.val), ("test", self.bundle.test))
             if ds is not None
         }
+        self.eval_counts = {
+            split: distributed.shard_size(len(loader.dataset), rank, world)
+            for split, loader in self.eval_loaders.items()
+        }
+        if r.data_on_device:
+            splits = {"train": self.bundle.train, "val": self.bundle.val, "test": self.bundle.test}
+            if any(ds is not None and not isinstance(ds, ArrayDataset) for ds in splits.values()):
+                raise ConfigError(
+                    f"runtime.data_on_device needs in-memory data; '{d.name}' is read from "
+                    "image files (use data.num_workers and pinned memory instead)"
+                )
+            self.train_loader = _on_device(self.train_loader, dev)
+            self.eval_loaders = {k: _on_device(v, dev) for k, v in self.eval_loaders.items()}
         self.train_tf = make_batch_transform(self.bundle, train=True).to(dev)
         self.eval_tf = make_batch_transform(self.bundle, train=False).to(dev)
 
@@ -197,6 +253,8 @@ class _Run:
             cfg.model.name, nc, in_channels=shape[0], input_shape=shape, **cfg.model.kwargs
         ).to(dev)
         _dummy_forward(self.model, shape, nc, f"model '{cfg.model.name}'", dev)
+        if r.sync_bn and self.ctx.distributed:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.loss = build_loss(cfg.loss.name, **cfg.loss.params).to(dev)
         self.teacher: nn.Module | None = None
         if self.loss.requires_teacher:
@@ -217,9 +275,19 @@ class _Run:
         if r.max_steps_per_epoch is not None:
             self.steps = min(self.steps, r.max_steps_per_epoch)
         self.optimizer = build_optimizer(cfg.solver, self.model, self.loss)
+        # Outside DDP: averaged by hand after backward (only data-parallel, only if any).
+        self.loss_params = (
+            [p for p in self.loss.parameters() if p.requires_grad] if self.ctx.distributed else []
+        )
+        self.reduce = distributed.all_reduce_sum if self.ctx.distributed else None
         self.schedule = LRSchedule(self.optimizer, cfg.solver, self.steps)
         self.scaler = self.ctx.grad_scaler()
-        self.forward = torch.compile(self.model) if r.compile else self.model
+        if self.ctx.distributed:
+            # Same initial weights on every rank (DDP would broadcast them anyway), but
+            # independent dropout streams; data order and augmentation have their own seeds.
+            torch.manual_seed(derive_seed(cfg.experiment.seed, 1, self.ctx.rank))
+        self.forward: nn.Module = self.model  # set after a resume: DDP broadcasts the weights
+        self.eval_model: nn.Module = self.model
         self.best_split = "val" if "val" in self.eval_loaders else "test"
         self.best: dict[str, Any] = {
             "split": self.best_split,
@@ -251,9 +319,23 @@ class _Run:
             )
         if resume:
             self._load(self.run_dir / "last.pt")
+        self.ddp = distributed.wrap_model(self.model, dev)
+        if r.compile:
+            self.forward = torch.compile(self.ddp)
+            # Evaluation runs on the bare module (DDP's forward would broadcast buffers for
+            # nothing); in a single process that is the same compiled module.
+            self.eval_model = self.forward if self.ddp is self.model else torch.compile(self.model)
+        else:
+            self.forward = self.ddp
+        compile_teacher = r.compile if r.compile_teacher is None else r.compile_teacher
+        if self.teacher is not None and compile_teacher:
+            self.teacher = torch.compile(self.teacher)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, epoch: int, row: dict[str, Any], wall: float) -> dict[str, Any]:
+    def _state(
+        self, epoch: int, row: dict[str, Any], wall: float, rng_ranks: list[Any]
+    ) -> dict[str, Any]:
+        """The checkpoint; ``rng_ranks``: every rank's RNG state, in rank order."""
         return {
             "format": CHECKPOINT_FORMAT,
             "lud_version": __version__,
@@ -269,7 +351,9 @@ class _Run:
             "best": dict(self.best),
             "max_test_top1": self.max_test_top1,
             "teacher_top1": self.teacher_top1,
-            "rng": capture_rng_state(),
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
+            "world_size": self.ctx.world_size,
             "config": config_to_dict(self.cfg),
             "metrics": row,
             "wall_time_s": wall,
@@ -281,6 +365,13 @@ class _Run:
         _check_resume_compatible(
             ckpt["config"], config_to_dict(self.cfg), self.bundle.num_classes, ckpt
         )
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.ctx.world_size:
+            # The shards, the global batch and the steps per epoch all depend on it.
+            raise RunFolderError(
+                f"cannot resume: {path} was written by a run of {saved_world} process(es), this "
+                f"run has {self.ctx.world_size}; resume with the same number of processes"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.loss.load_state_dict(ckpt["loss"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -291,7 +382,9 @@ class _Run:
         self.teacher_top1 = ckpt.get("teacher_top1")
         self.start_epoch = int(ckpt["epoch"])
         self.wall_before = float(ckpt.get("wall_time_s", 0.0))
-        restore_rng_state(ckpt["rng"])  # last: nothing after this may draw random numbers
+        rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        # last: nothing after this may draw random numbers
+        restore_rng_state(rngs[self.ctx.rank] if len(rngs) > self.ctx.rank else ckpt["rng"])
         logger.info("resumed %s at epoch %d", path, self.start_epoch)
 
     # ------------------------------------------------------------------ one epoch
@@ -300,7 +393,9 @@ class _Run:
         self.model.train()
         self.loss.train()
         self.train_loader.set_epoch(epoch)
-        gen = make_generator(dev, cfg.experiment.seed, epoch, ctx.rank)
+        # Rank-independent stream (0 where the rank used to go; single-process runs unchanged):
+        # every rank draws the augmentation of the whole global batch and keeps its own rows.
+        gen = make_generator(dev, cfg.experiment.seed, epoch, 0)
         order = self.train_loader.indices() if self.cache is not None else None
         bs = self.train_loader.batch_size
         sums = RunningSums(dev)
@@ -312,7 +407,7 @@ class _Run:
         for step, (images, labels) in enumerate(self.train_loader):
             if step >= self.steps:
                 break
-            x = self.train_tf(images.to(dev, non_blocking=True), generator=gen)
+            x = self._augment(images.to(dev, non_blocking=True), gen)
             if cfg.runtime.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels.to(dev, non_blocking=True)
@@ -340,6 +435,8 @@ class _Run:
                 raise ValueError(f"epoch {epoch + 1}, step {step + 1}: {exc}") from exc
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.total).backward()
+            if self.loss_params:  # DDP averages the model's gradients, this the loss module's
+                distributed.average_gradients(self.loss_params)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.schedule.step()
@@ -359,18 +456,23 @@ class _Run:
             values.update({f"stat/{k}": v for k, v in out.stat_tensors.items()})
             sums.add(values, n)
             if (step + 1) % cfg.runtime.log_every == 0 or step + 1 == self.steps:
-                if int(first_bad) >= 0:  # device sync, every log_every steps only
-                    raise self._diverged(epoch, int(first_bad), "the loss is NaN/Inf")
-                _report(
-                    bar,
-                    epoch,
-                    step,
-                    self.steps,
-                    sums,
-                    self.schedule.lr,
-                    seen,
-                    time.perf_counter() - t0,
-                )
+                # device sync (and, data-parallel, two small collectives) every log_every steps:
+                # every rank learns of a NaN on any rank and stops at the same point
+                bad_step = int(distributed.all_reduce_max(first_bad.clone()))
+                if bad_step >= 0:
+                    raise self._diverged(epoch, bad_step, "the loss is NaN/Inf")
+                means = sums.means(self.reduce)
+                if ctx.is_main:
+                    _report(
+                        bar,
+                        epoch,
+                        step,
+                        self.steps,
+                        means,
+                        self.schedule.lr,
+                        seen * ctx.world_size,
+                        time.perf_counter() - t0,
+                    )
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -378,11 +480,36 @@ class _Run:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         elapsed = time.perf_counter() - t0
-        means = sums.means()
+        means = sums.means(self.reduce)
+        # Rank 0's buffers become everyone's (BatchNorm statistics without SyncBN, a loss's
+        # running thresholds), so what is evaluated and saved is the same model on every rank
+        # and a resumed run continues from the state an uninterrupted one has here.
+        distributed.broadcast_buffers(self.model)
+        distributed.broadcast_buffers(self.loss)
         out_row = {"lr": lr0, "train/loss": means.pop("loss"), "train/top1": means.pop("top1")}
         out_row.update({f"train/{k}": v for k, v in means.items()})
-        out_row.update({"time/epoch_s": elapsed, "time/images_per_s": seen / max(elapsed, 1e-9)})
+        images = seen * ctx.world_size  # every rank sees as many samples
+        out_row.update(
+            {"time/epoch_s": elapsed, "time/images_per_s": images / max(elapsed, 1e-9)}
+        )
         return out_row
+
+    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """The training transform of this rank's batch ``x`` (already on the device).
+
+        Data-parallel: the crop/flip parameters of the global batch are drawn (the same on every
+        rank) and this rank keeps rows ``rank, rank + W, ...`` — the rows it holds of the global
+        batch, since the loader shards sample positions round-robin. The images are then exactly
+        those one process with the global batch would train on.
+        """
+        tf, world = self.train_tf, self.ctx.world_size
+        if world == 1 or not (tf.augments and tf.training):
+            return tf(x, generator=gen)
+        top, left, flip = tf.sample_params(x.shape[0] * world, gen)
+        mine = slice(self.ctx.rank, None, world)
+        x = x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
+        x = tf.apply_params(x, top[mine], left[mine], flip[mine])
+        return self.eval_tf(x)  # normalisation only: an evaluation transform never augments
 
     def _diverged(self, epoch: int, step: int, what: str) -> TrainingDivergedError:
         last = self.run_dir / "last.pt"
@@ -399,18 +526,21 @@ class _Run:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_splits(self) -> dict[str, dict[str, float]]:
+        """Metrics of every evaluation split (each rank evaluates its shard; sums are reduced)."""
+        return {split: self.evaluate(self.eval_model, split) for split in self.eval_loaders}
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         r = self.cfg.runtime
-        return {
-            split: evaluate(
-                self.forward,
-                loader,
-                self.eval_tf,
-                self.ctx.device,
-                amp=r.amp,
-                channels_last=r.channels_last,
-            )
-            for split, loader in self.eval_loaders.items()
-        }
+        return evaluate(
+            model,
+            self.eval_loaders[split],
+            self.eval_tf,
+            self.ctx.device,
+            amp=r.amp,
+            channels_last=r.channels_last,
+            max_samples=self.eval_counts[split] if self.ctx.distributed else None,
+            reduce=self.reduce,
+        )
 
 
 def _progress(cfg: Config, ctx: RuntimeContext, epoch: int, steps: int) -> Any:
@@ -432,12 +562,11 @@ def _report(
     epoch: int,
     step: int,
     steps: int,
-    sums: RunningSums,
+    means: dict[str, float],
     lr: float,
     seen: int,
     elapsed: float,
 ) -> None:
-    means = sums.means()
     ips = seen / max(elapsed, 1e-9)
     if bar is not None:
         bar.set_postfix(
@@ -500,96 +629,111 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
     """
     validate_config(cfg)
     t_start = time.perf_counter()
-    run = _Run(cfg, resume)
+    level = logger.level
+    if int(os.environ.get("RANK", "0")) > 0:  # one voice: rank 0 logs, the others only warn
+        logger.setLevel(logging.WARNING)
+    try:
+        run = _Run(cfg, resume)
+    except BaseException:
+        logger.setLevel(level)
+        raise
     ctx, run_dir = run.ctx, run.run_dir
-    handler = attach_file_log(run_dir) if ctx.is_main else None
-    mlog = (
-        MetricsLog(
-            run_dir,
-            tensorboard=cfg.runtime.tensorboard,
-            resume_epoch=run.start_epoch if resume else None,
-        )
-        if ctx.is_main
-        else None
-    )
+    handler = mlog = None
     try:
         if ctx.is_main:
-            save_config(cfg, run_dir / "config.yaml")
-        if run.teacher is not None and run.teacher_top1 is None and "test" in run.eval_loaders:
-            rt = evaluate(
-                run.teacher,
-                run.eval_loaders["test"],
-                run.eval_tf,
-                ctx.device,
-                amp=ctx.amp,
-                channels_last=cfg.runtime.channels_last,
+            handler = attach_file_log(run_dir)
+            mlog = MetricsLog(
+                run_dir,
+                tensorboard=cfg.runtime.tensorboard,
+                resume_epoch=run.start_epoch if resume else None,
             )
-            run.teacher_top1 = rt["top1"]
-            logger.info("teacher %s: test top-1 %.2f%%", cfg.teacher.name, rt["top1"])
-        last: dict[str, Any] = dict(_lookup_last(run_dir, run.start_epoch))
-        done = run.start_epoch
-        end = cfg.solver.epochs if stop_after is None else min(cfg.solver.epochs, stop_after)
-        for epoch in range(run.start_epoch, end):
-            row: dict[str, Any] = {"epoch": epoch + 1}
-            row.update(run.train_epoch(epoch))
-            if (epoch + 1) % cfg.runtime.eval_every == 0 or epoch + 1 == cfg.solver.epochs:
-                results = run.evaluate_splits()
-                for split, res in results.items():
-                    row.update({f"{split}/{k}": v for k, v in res.items() if k != "n"})
-                test1 = results["test"]["top1"]
-                run.max_test_top1 = (
-                    test1 if run.max_test_top1 is None else max(run.max_test_top1, test1)
-                )
-                chosen = results[run.best_split]["top1"]
-                improved = run.best["top1"] is None or chosen > run.best["top1"]
-                if improved:
-                    run.best.update(
-                        epoch=epoch + 1,
-                        top1=chosen,
-                        test_top1=test1,
-                        test_top5=results["test"]["top5"],
-                    )
-                last = {
-                    "epoch": epoch + 1,
-                    **{
-                        f"{s}_{k}": v
-                        for s, res in results.items()
-                        for k, v in res.items()
-                        if k in ("top1", "top5")
-                    },
-                }
-            else:
-                improved = False
-            row.update(
-                {
-                    "test/max_top1": run.max_test_top1,
-                    "best/split": run.best["split"],
-                    "best/epoch": run.best["epoch"],
-                    "best/top1": run.best["top1"],
-                    "best/test_top1": run.best["test_top1"],
-                }
-            )
-            wall = run.wall_before + time.perf_counter() - t_start
-            row["time/wall_s"] = wall
-            if ctx.is_main:
-                state = run._state(epoch + 1, row, wall)
-                atomic_save(state, run_dir / "last.pt")
-                if improved:
-                    atomic_save(state, run_dir / "best.pt")
-                assert mlog is not None
-                mlog.write(row)
-                logger.info("epoch %d/%d: %s", epoch + 1, cfg.solver.epochs, _brief(row))
-            done = epoch + 1
-        summary = _summary(run, done, last, run.wall_before + time.perf_counter() - t_start)
-        if ctx.is_main:
-            atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
-        return summary
+        return _train_loop(run, cfg, stop_after, t_start, mlog)
     finally:
         if mlog is not None:
             mlog.close()
         if handler is not None:
             logger.removeHandler(handler)
             handler.close()
+        logger.setLevel(level)
+        ctx.close()
+
+
+def _train_loop(
+    run: _Run,
+    cfg: Config,
+    stop_after: int | None,
+    t_start: float,
+    mlog: MetricsLog | None,
+) -> dict[str, Any]:
+    ctx, run_dir = run.ctx, run.run_dir
+    if ctx.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    if run.teacher is not None and run.teacher_top1 is None and "test" in run.eval_loaders:
+        rt = run.evaluate(run.teacher, "test")
+        run.teacher_top1 = rt["top1"]
+        logger.info("teacher %s: test top-1 %.2f%%", cfg.teacher.name, rt["top1"])
+    # rank 0 reads (it may be rewriting metrics.jsonl for the resume), the others receive
+    last: dict[str, Any] = distributed.broadcast_object(
+        dict(_lookup_last(run_dir, run.start_epoch)) if ctx.is_main else None
+    )
+    done = run.start_epoch
+    end = cfg.solver.epochs if stop_after is None else min(cfg.solver.epochs, stop_after)
+    for epoch in range(run.start_epoch, end):
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update(run.train_epoch(epoch))
+        if (epoch + 1) % cfg.runtime.eval_every == 0 or epoch + 1 == cfg.solver.epochs:
+            results = run.evaluate_splits()
+            for split, res in results.items():
+                row.update({f"{split}/{k}": v for k, v in res.items() if k != "n"})
+            test1 = results["test"]["top1"]
+            run.max_test_top1 = (
+                test1 if run.max_test_top1 is None else max(run.max_test_top1, test1)
+            )
+            chosen = results[run.best_split]["top1"]
+            improved = run.best["top1"] is None or chosen > run.best["top1"]
+            if improved:
+                run.best.update(
+                    epoch=epoch + 1,
+                    top1=chosen,
+                    test_top1=test1,
+                    test_top5=results["test"]["top5"],
+                )
+            last = {
+                "epoch": epoch + 1,
+                **{
+                    f"{s}_{k}": v
+                    for s, res in results.items()
+                    for k, v in res.items()
+                    if k in ("top1", "top5")
+                },
+            }
+        else:
+            improved = False
+        row.update(
+            {
+                "test/max_top1": run.max_test_top1,
+                "best/split": run.best["split"],
+                "best/epoch": run.best["epoch"],
+                "best/top1": run.best["top1"],
+                "best/test_top1": run.best["test_top1"],
+            }
+        )
+        wall = run.wall_before + time.perf_counter() - t_start
+        row["time/wall_s"] = wall
+        rng_ranks = distributed.gather_object(capture_rng_state())  # a collective: all ranks
+        if ctx.is_main:
+            state = run._state(epoch + 1, row, wall, rng_ranks)
+            atomic_save(state, run_dir / "last.pt")
+            if improved:
+                atomic_save(state, run_dir / "best.pt")
+            assert mlog is not None
+            mlog.write(row)
+            logger.info("epoch %d/%d: %s", epoch + 1, cfg.solver.epochs, _brief(row))
+        done = epoch + 1
+    summary = _summary(run, done, last, run.wall_before + time.perf_counter() - t_start)
+    if ctx.is_main:
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+    return summary
 
 
 def _lookup_last(run_dir: Path, epoch: int) -> dict[str, Any]:

@@ -10,7 +10,11 @@ Subclasses implement :meth:`DistillationLoss.compute` only. The base class
 * validates inputs (shapes, dtypes, class counts, target range, finiteness) and raises a
   ``ValueError`` that names the problem;
 * computes in float32 with autocast switched off, whatever the caller's precision, because
-  softmax/KL/rank statistics in bf16/fp16 lose the small probabilities distillation lives on.
+  softmax/KL/rank statistics in bf16/fp16 lose the small probabilities distillation lives on;
+* with ``gather=True`` under data-parallel training, concatenates the student logits (keeping
+  their gradient), teacher logits and targets of every rank before :meth:`compute`, so that batch
+  statistics see the global batch (see :meth:`DistillationLoss._gather`). A subclass exposes the
+  option by accepting ``gather`` and passing it to ``super().__init__``.
 """
 
 from __future__ import annotations
@@ -116,14 +120,21 @@ class DistillationLoss(nn.Module):
     Args:
         validate: check the inputs on every call (one device sync for the finiteness test;
             switch off in tight loops once the pipeline is trusted).
+        gather: under data-parallel training, compute the loss on the logits of all ranks
+            (identity in a single process). Costs an all-gather of B×C logits per step forward
+            and an all-reduce of their gradient backward.
     """
 
     requires_teacher: bool = True
     requires_targets: bool = True
+    gather: bool = False  # class default, so subclasses that never pass it keep working
 
-    def __init__(self, validate: bool = True) -> None:
+    def __init__(self, validate: bool = True, gather: bool = False) -> None:
         super().__init__()
+        if not isinstance(gather, bool):
+            raise ValueError(f"gather must be a bool, got {gather!r}")  # noqa: TRY004
         self.validate = validate
+        self.gather = gather
 
     def forward(
         self,
@@ -143,8 +154,31 @@ class DistillationLoss(nn.Module):
             s = student_logits.float()
             t = None if teacher_logits is None else teacher_logits.detach().float()
             y = None if targets is None else targets.long()
+            if self.gather:
+                s = self._gather(s, differentiable=True, check=self.validate)
+                t = None if t is None else self._gather(t)
+                y = None if y is None else self._gather(y)
             out = self.compute(s, t, y, float(epoch))
         return out
+
+    def _gather(self, x: Tensor, *, differentiable: bool = False, check: bool = False) -> Tensor:
+        """Rows of ``x`` from every data-parallel rank, concatenated in rank order.
+
+        The identity without an initialised multi-rank process group, so a ``gather=True``
+        configuration runs unchanged in one process. With ``differentiable=True`` the gradient
+        that reaches this rank's rows is the sum over ranks of each rank's (identical) loss
+        gradient — ``world_size`` times the single-process gradient of these rows — which DDP's
+        mean over ranks turns into exactly the single-process parameter gradient on the global
+        batch. Every rank must pass the same number of rows (``check`` verifies it; the forward
+        pass checks once per call when ``validate`` is on).
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return x
+        from ..engine.distributed import gather_rows  # lazy: keeps losses free of the engine
+
+        return gather_rows(x, differentiable=differentiable, check=check)
 
     def compute(
         self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor | None, epoch: float

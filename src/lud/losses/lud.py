@@ -87,9 +87,16 @@ Open points — paper says / released code (``llieeai/lud``) does / we do:
   gradients; correlations of z-scored rank rows do not shrink with T (CDL gradient 0.026 → 0.053
   for T = 1 → 8), and ``2τ² = 32`` would put each Spearman term at 20–80× KD (DIST's own terms
   sit at 11–31× KD on these logits). Larger CDL/SDL weights are the first thing to tune.
-* *Distributed training.* :meth:`LUDLoss._gather` (identity here) is the hook that gathers the
-  teacher logits across ranks for thresholds, class confidences and weight normalisation; Gram
-  matrices and temperatures stay per rank.
+* *Distributed training.* By default every statistic is per rank: under DDP with B samples per
+  process the medians, class confidences, B×B Gram rows and C×C Gram columns see B samples, as
+  in a single process with batch B. ``gather=True`` all-gathers student logits (with gradient),
+  teacher logits and targets first (:meth:`DistillationLoss._gather`), so every rank computes the
+  loss of the global batch of W·B samples — exactly the single-process loss and, after DDP's
+  gradient mean, the single-process gradient at batch W·B. Price: an all-gather of W·B×C logits
+  forward and an all-reduce of their gradient backward, the (W·B)² SDL Gram matrix and its
+  soft ranks (pairwise backend: O((W·B)³) time per step) on every rank, and the loss computed
+  redundantly W times. Which definition is "right" is a modelling choice: the paper's median and
+  Gram rows are per batch, and the batch the paper had in mind is the global one.
 * *Device syncs.* None in the default path, by inspection (not yet checked on a GPU): quantiles by
   sort with static indices, ``where`` instead of branches on values. ``gram_reduction="flat"``
   and ``validate=True`` sync.
@@ -477,6 +484,8 @@ class LUDLoss(DistillationLoss):
         teacher_rank: ``"hard"`` (cheaper) or ``"soft"`` (exact minimum at student == teacher).
         standardize: z-score logits (both sides) before any temperature (CE stays on raw logits).
         validate: input checks, passed to :class:`DistillationLoss`.
+        gather: under data-parallel training, compute every term on the global batch (all ranks'
+            logits); the identity in a single process. See "Distributed training" above.
     """
 
     def __init__(
@@ -509,8 +518,9 @@ class LUDLoss(DistillationLoss):
         teacher_rank: Literal["hard", "soft"] = "hard",
         standardize: bool = False,
         validate: bool = True,
+        gather: bool = False,
     ) -> None:
-        super().__init__(validate=validate)
+        super().__init__(validate=validate, gather=gather)
         self.ce_weight = _check_number("ce_weight", ce_weight, low=0.0)
         self.instance_weight = _check_number("instance_weight", instance_weight, low=0.0)
         self.cdl_weight = _check_number("cdl_weight", cdl_weight, low=0.0)
@@ -559,22 +569,10 @@ class LUDLoss(DistillationLoss):
         self.register_buffer("running_class_threshold", torch.zeros(()))
         self.register_buffer("running_threshold_initialized", torch.zeros((), dtype=torch.bool))
 
-    # -- hooks --------------------------------------------------------------------------------
-    def _gather(self, t: Tensor) -> Tensor:
-        """Concatenate ``t`` along dim 0 over data-parallel ranks; the identity here.
-
-        Applied to the (detached) teacher logits from which the sample/class thresholds, the
-        class confidences and the mean confidence of the weights are computed, so that every
-        rank masks and weights with the statistics of the global batch. The Gram matrices (CDL,
-        SDL) and the temperatures stay per rank. A DDP subclass overrides this with an
-        ``all_gather`` (no gradient is needed: the input is detached).
-        """
-        return t
-
     # -- pieces -------------------------------------------------------------------------------
-    def _thresholds(self, conf_all: Tensor, cconf: Tensor) -> tuple[Tensor, Tensor]:
+    def _thresholds(self, conf: Tensor, cconf: Tensor) -> tuple[Tensor, Tensor]:
         """(sample threshold, class threshold), updating the running buffers in training."""
-        q_s = batch_quantile(conf_all, self.quantile)
+        q_s = batch_quantile(conf, self.quantile)
         q_c = batch_quantile(cconf, self.quantile)
         if self.threshold == "fixed":
             return torch.full_like(q_s, self.fixed_threshold), q_c
@@ -608,22 +606,20 @@ class LUDLoss(DistillationLoss):
         if self.standardize:
             zs, zt = standardize_logits(zs), standardize_logits(zt)
 
-        # confidences, thresholds, masks, weights — all detached; the statistics that define
-        # thresholds and weight normalisation come from the (gathered) global batch
-        zt_all = self._gather(zt)
+        # confidences, thresholds, masks, weights — all detached; from this rank's batch, or
+        # from the global batch when `gather` is on (forward() has then gathered the logits)
         conf = teacher_confidence(zt, self.temperature)
-        conf_all = teacher_confidence(zt_all, self.temperature)
-        cconf = class_confidence(zt_all, self.temperature)
-        thr_s, thr_c = self._thresholds(conf_all, cconf)
+        cconf = class_confidence(zt, self.temperature)
+        thr_s, thr_c = self._thresholds(conf, cconf)
         direction, mtype, soft = self.mask_direction, self.mask_type, self.mask_softness
-        if conf_all.shape[0] == 1 and self.threshold == "batch":
+        if conf.shape[0] == 1 and self.threshold == "batch":
             smask = torch.ones_like(conf)  # a one-value threshold says nothing: keep the sample
         else:
             smask = confidence_mask(conf, thr_s, direction, mtype, soft)  # type: ignore[arg-type]
         cmask = confidence_mask(cconf, thr_c, direction, mtype, soft)  # type: ignore[arg-type]
         ones_s, ones_c = torch.ones_like(conf), torch.ones_like(cconf)
         if self.uncertainty_weighting:
-            u = conf / conf_all.mean().clamp_min(torch.finfo(conf.dtype).tiny)
+            u = conf / conf.mean().clamp_min(torch.finfo(conf.dtype).tiny)
             v = confidence_weights(cconf)
         else:
             u, v = ones_s, ones_c
