@@ -153,6 +153,9 @@ def ref_lud(
 ):
     """Terms of the LUD loss, straight from the method description, in float64."""
     zs, zt = zs.astype(np.float64), zt.astype(np.float64)
+    # Logits are defined up to a per-row constant; per-class temperatures are not, so the
+    # method works on row-centred logits (a no-op for everything else, softmax ignores it).
+    zs, zt = zs - zs.mean(axis=1, keepdims=True), zt - zt.mean(axis=1, keepdims=True)
     b, c = zs.shape
     p0 = np_softmax(zt / temperature)
     conf, cconf = p0.max(axis=1), p0.mean(axis=0)

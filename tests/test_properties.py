@@ -41,7 +41,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import Phase, assume, example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from lud import ranking
@@ -53,8 +53,6 @@ torch.set_num_threads(1)
 
 FAST = settings(max_examples=20, deadline=None, derandomize=True)
 MEDIUM = settings(max_examples=40, deadline=None, derandomize=True)
-# For tests with strict-xfail parameters: shrinking a known failure would cost ~10 s per run.
-FAST_NO_SHRINK = settings(FAST, phases=(Phase.explicit, Phase.reuse, Phase.generate))
 EPOCH = 30.0  # past DKD's 20-epoch warm-up and CTKD's 10-epoch curriculum: every term is live
 
 KINDS = ("normal", "ties", "repeated_rows", "constant_rows", "all_constant", "peaked")
@@ -267,10 +265,6 @@ def test_finite_loss_and_gradients(cfg: tuple[str, dict[str, Any]], case: Case, 
     assert torch.isfinite(leaf.grad).all(), f"non-finite student gradient: {leaf.grad}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in lud.py _weighted_pearson (gram_reduction='flat', rank_method='pearson'): a kept "
-    "sub-Gram whose spread is subnormal gives 1/spread = inf in backward, NaN gradients; add "
-    "spread < sqrt(finfo.tiny) to its 'const' test, as lud.ranking._center_unit_max does"))
 def test_lud_flat_pearson_gradient_finite_for_underflowing_gram() -> None:
     """Minimal reproducer: the teacher keeps classes 0 and 1 (class mask), the student puts
     ~all its mass on classes 2 and 3, so its kept C x C Gram entries are ~1e-40 (subnormal)."""
@@ -299,20 +293,10 @@ def test_lud_flat_pearson_gradient_finite_for_underflowing_gram() -> None:
 #   0.01-0.5 in a 600-case sweep, by < 3e-5 at scales 0.5-1000.
 # * classes >= 3: a z-scored row of two logits is always (+-1/sqrt(2)), so with standardize=True
 #   all rows are tied up to rounding and hard ranks of them are rounding noise.
-# LUD's class-wise temperatures ('class', 'full') rank *columns* of raw logits, which a per-row
-# shift reorders: a real bug, marked xfail below until the fix in lud.py lands.
-_CLASSWISE_T = ("class", "full")
+# LUD's class-wise temperatures ('class', 'full') rank *columns* of the logits, which a per-row
+# shift would reorder: LUDLoss centres every row first (regression tests below).
 BASELINE_CONFIGS = [c for c in ALL_CONFIGS if c[0] != "lud"]
-LUD_SHIFT_CONFIGS = [
-    pytest.param(
-        c,
-        id=_config_id(c),
-        marks=[pytest.mark.xfail(strict=True, reason="lud class-wise temperature is not "
-                                 "shift invariant (see test_lud_class_temperature_shift_invariant)")]
-        if c[1].get("dynamic_temperature") in _CLASSWISE_T and not c[1].get("standardize") else [],
-    )
-    for c in ALL_CONFIGS if c[0] == "lud"
-]
+LUD_SHIFT_CONFIGS = [pytest.param(c, id=_config_id(c)) for c in ALL_CONFIGS if c[0] == "lud"]
 
 
 def _soft_teacher_ranks_if_moved(name: str, kw: dict[str, Any], side: str) -> dict[str, Any]:
@@ -344,11 +328,8 @@ def _assume_same_hard_rank_temperature(
     by the rounding of the moved logits, and the temperature jumps. Such draws say nothing
     about invariance, and are discarded. A systematic violation is still caught: the
     temperatures would then differ on most draws and hypothesis fails the test for filtering
-    too much. Not applied to the known-bad class-wise modes (xfail), where the temperature *is*
-    the bug.
+    too much.
     """
-    if kw.get("dynamic_temperature") in _CLASSWISE_T and not kw.get("standardize"):
-        return
     assume(all(ref.stats[k] == moved.stats[k] for k in _T_STATS if k in ref.stats))
 
 
@@ -391,17 +372,13 @@ def test_baseline_losses_shift_invariant(cfg: tuple[str, dict[str, Any]], case: 
 
 
 @pytest.mark.parametrize("cfg", LUD_SHIFT_CONFIGS)
-@FAST_NO_SHRINK
+@FAST
 @given(case=cases(kinds=("normal", "peaked"), min_scale=0.5, max_scale=1e3, min_classes=3),
        side=st.sampled_from(("student", "teacher", "both")))
 def test_lud_shift_invariant(cfg: tuple[str, dict[str, Any]], case: Case, side: str) -> None:
     _check_shift(cfg, case, side)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in lud.py: dynamic_temperature='class'/'full' ranks columns of raw logits, which a "
-    "per-row constant (softmax-invariant) reorders, and softmax(z / T_c) with a per-class T_c "
-    "is not shift invariant either; fix: centre each logit row before both"))
 @pytest.mark.parametrize("mode", ["class", "full"])
 def test_lud_class_temperature_shift_invariant(mode: str) -> None:
     """Minimal reproducer: two samples, three classes, student row 1 shifted by +10.

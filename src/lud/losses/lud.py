@@ -65,7 +65,9 @@ Open points — paper says / released code (``llieeai/lud``) does / we do:
   ``[t_min, t_max]``, since the map is increasing and ρ = 0 ↦ t_min), ``"paper_normalized"``
   (default: ``(1 − e^{−ρ⁺}) / (1 − e^{−1})`` so ρ ∈ [0, 1] spans exactly ``[t_min, t_max]``),
   ``"released"`` (linear in the batch-relative ρ, most similar → t_min; all equal → midpoint).
-  Every map is finally clamped into ``[t_min, t_max]``. ρ uses hard ranks and is detached: hard
+  Every map is finally clamped into ``[t_min, t_max]``. Logit rows are centred first: a logit
+  row is defined up to a constant, which per-class temperatures (and the column ranks that set
+  them) would otherwise see. ρ uses hard ranks and is detached: hard
   ranks have no gradient anyway, and a gradient through T would let the student lower the loss by
   steering its own temperature instead of matching the teacher (CTKD needs gradient reversal for
   exactly that reason). The released code also repeats every term at T = 4; we do not.
@@ -306,10 +308,12 @@ def _weighted_pearson(a: Tensor, b: Tensor, w: Tensor) -> Tensor:
     w = w / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
     da, db = a - (w * a).sum(), b - (w * b).sum()
     tol = 32 * torch.finfo(a.dtype).eps
+    floor = math.sqrt(torch.finfo(a.dtype).tiny)  # below it 1/spread overflows in backward
     sa, sb = da.detach().abs().amax(), db.detach().abs().amax()
-    const = (sa <= tol * a.detach().abs().amax()) | (sb <= tol * b.detach().abs().amax())
-    da = da / torch.where(sa > 0, sa, torch.ones_like(sa))
-    db = db / torch.where(sb > 0, sb, torch.ones_like(sb))
+    const = ((sa <= tol * a.detach().abs().amax()) | (sb <= tol * b.detach().abs().amax())
+             | (sa < floor) | (sb < floor))
+    da = da / torch.where(const, torch.ones_like(sa), sa)
+    db = db / torch.where(const, torch.ones_like(sb), sb)
     var = (w * da * da).sum() * (w * db * db).sum()
     r = (w * da * db).sum() / var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
     return torch.where(const, torch.zeros_like(r), r).clamp(-1.0, 1.0)
@@ -605,6 +609,12 @@ class LUDLoss(DistillationLoss):
         zs, zt = student_logits, teacher_logits.detach()
         if self.standardize:
             zs, zt = standardize_logits(zs), standardize_logits(zt)
+        else:
+            # Logits are defined up to a per-row constant. Softmax with one temperature per row
+            # ignores it, but per-class temperatures ("class", "full") and the column ranks that
+            # set them do not: centring each row makes every mode shift-invariant.
+            zs = zs - zs.mean(dim=1, keepdim=True)
+            zt = zt - zt.mean(dim=1, keepdim=True)
 
         # confidences, thresholds, masks, weights — all detached; from this rank's batch, or
         # from the global batch when `gather` is on (forward() has then gathered the logits)
