@@ -37,7 +37,9 @@ def _variants() -> dict[str, Callable[[], torch.nn.Module]]:
     return out
 
 
-def _time_round_robin(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, float]:
+def _time_round_robin(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3
+) -> dict[str, float]:
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -50,7 +52,9 @@ def _time_round_robin(fns: dict[str, Callable[[], None]], repeats: int, warmup: 
     return {k: statistics.median(v) * 1e3 for k, v in samples.items()}
 
 
-def _loss_step(loss: torch.nn.Module, batch: int, classes: int, seed: int = 0) -> Callable[[], None]:
+def _loss_step(
+    loss: torch.nn.Module, batch: int, classes: int, seed: int = 0
+) -> Callable[[], None]:
     g = torch.Generator().manual_seed(seed)
     teacher = torch.randn(batch, classes, generator=g) * 3
     student0 = teacher + torch.randn(batch, classes, generator=g) * 2
@@ -72,7 +76,9 @@ def loss_table(shapes: list[tuple[int, int]], repeats: int) -> list[str]:
     per_shape = []
     for b, c in shapes:
         fns = {name: _loss_step(make(), b, c) for name, make in variants.items()}
-        per_shape.append(_time_round_robin(fns, repeats if b * c <= 10_000 else max(5, repeats // 3)))
+        per_shape.append(
+            _time_round_robin(fns, repeats if b * c <= 10_000 else max(5, repeats // 3))
+        )
     for name in variants:
         cells = []
         for res in per_shape:
@@ -88,7 +94,6 @@ def step_share(repeats: int) -> list[str]:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(64, 3, 32, 32)
     y = torch.randint(0, 100, (64,))
-    teacher = torch.randn(64, 100) * 3
     ce = torch.nn.CrossEntropyLoss()
 
     def train_step() -> None:
@@ -119,8 +124,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--markdown", help="also write the tables to this file")
     args = ap.parse_args()
-    env = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-           f"ranking backends: {', '.join(ranking.available_backends())}")
+    env = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, "
+        f"ranking backends: {', '.join(ranking.available_backends())}"
+    )
     out = [f"Environment: {env}", "", "Forward+backward per call (median):", ""]
     out += loss_table([(64, 100), (256, 1000)], args.repeats)
     out += ["", "LUD's share of a training step:", ""]

@@ -36,17 +36,38 @@ LIGHT_STUDENTS = {"ShuffleV1", "ShuffleV2", "MobileNetV2"}  # lr 0.01 instead of
 CIFAR_TEACHER_CKPT = "download_ckpts/cifar_teachers/{t}_vanilla/ckpt_epoch_240.pth"
 
 CIFAR_SOLVER = {
-    "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
-    "epochs": 240, "schedule": "step", "milestones": [150, 180, 210], "gamma": 0.1,
-    "warmup_epochs": 0, "min_lr": 0.0,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 5e-4,
+    "epochs": 240,
+    "schedule": "step",
+    "milestones": [150, 180, 210],
+    "gamma": 0.1,
+    "warmup_epochs": 0,
+    "min_lr": 0.0,
 }
-CIFAR_DATA = {"name": "cifar100", "root": None, "val_split": 0.0, "augment": "default",
-              "batch_size": 64, "eval_batch_size": 256, "num_workers": 0}
+CIFAR_DATA = {
+    "name": "cifar100",
+    "root": None,
+    "val_split": 0.0,
+    "augment": "default",
+    "batch_size": 64,
+    "eval_batch_size": 256,
+    "num_workers": 0,
+}
 
 # Loss parameters per method on CIFAR-100; the registered defaults are the published CIFAR values,
 # so only what differs per pair is written (DKD's beta), plus the method name.
 CIFAR_METHODS: dict[str, dict[str, Any]] = {
-    "kd": {}, "dkd": {}, "dist": {}, "kd+ls": {}, "ctkd": {}, "mlkd": {}, "lud": {},
+    "kd": {},
+    "dkd": {},
+    "dist": {},
+    "kd+ls": {},
+    "ctkd": {},
+    "mlkd": {},
+    "lud": {},
 }
 
 # --- ImageNet ------------------------------------------------------------------------------------
@@ -54,14 +75,31 @@ IMAGENET_PAIRS = [  # (teacher, student, DKD beta)
     ("imagenet_resnet34", "imagenet_resnet18", 0.5),
     ("imagenet_resnet50", "imagenet_mobilenetv1", 2.0),
 ]
-IMAGENET_TEACHER_CKPT = "checkpoints/imagenet/{t}.pth"  # torchvision weights saved to disk by the user
+IMAGENET_TEACHER_CKPT = (
+    "checkpoints/imagenet/{t}.pth"  # torchvision weights saved to disk by the user
+)
 IMAGENET_SOLVER = {
-    "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
-    "epochs": 100, "schedule": "step", "milestones": [30, 60, 90], "gamma": 0.1,
-    "warmup_epochs": 0, "min_lr": 0.0,
+    "optimizer": "sgd",
+    "lr": 0.2,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "epochs": 100,
+    "schedule": "step",
+    "milestones": [30, 60, 90],
+    "gamma": 0.1,
+    "warmup_epochs": 0,
+    "min_lr": 0.0,
 }
-IMAGENET_DATA = {"name": "imagenet", "root": None, "val_split": 0.0, "augment": "default",
-                 "batch_size": 512, "eval_batch_size": 512, "num_workers": 8}
+IMAGENET_DATA = {
+    "name": "imagenet",
+    "root": None,
+    "val_split": 0.0,
+    "augment": "default",
+    "batch_size": 512,
+    "eval_batch_size": 512,
+    "num_workers": 8,
+}
 IMAGENET_METHODS: dict[str, dict[str, Any]] = {  # ImageNet values of each paper (method.md §5)
     "kd": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5},
     "dkd": {"temperature": 1.0, "alpha": 0.5, "warmup": 1.0},
@@ -72,9 +110,17 @@ IMAGENET_METHODS: dict[str, dict[str, Any]] = {  # ImageNet values of each paper
 # --- small real data: Fashion-MNIST and MNIST-5k -------------------------------------------------
 SMALL_PAIRS = [("cnn_large", "cnn_small"), ("cnn_large", "mlp_tiny")]
 SMALL_SOLVER = {
-    "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-    "epochs": 20, "schedule": "cosine", "milestones": [], "gamma": 0.1,
-    "warmup_epochs": 1, "min_lr": 0.0,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "epochs": 20,
+    "schedule": "cosine",
+    "milestones": [],
+    "gamma": 0.1,
+    "warmup_epochs": 1,
+    "min_lr": 0.0,
 }
 SMALL_DATASETS = {
     "fashion_mnist": {"epochs": 20, "batch_size": 128},
@@ -83,9 +129,17 @@ SMALL_DATASETS = {
 SMALL_METHODS = ["kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "lud"]
 
 
-def _config(name: str, data: dict, model: str, solver: dict, loss: str, params: dict,
-            teacher: str | None = None, teacher_ckpt: str | None = None,
-            runtime: dict | None = None) -> dict:
+def _config(
+    name: str,
+    data: dict,
+    model: str,
+    solver: dict,
+    loss: str,
+    params: dict,
+    teacher: str | None = None,
+    teacher_ckpt: str | None = None,
+    runtime: dict | None = None,
+) -> dict:
     return {
         "experiment": {"name": name, "output_dir": "runs", "seed": 0, "deterministic": False},
         "data": copy.deepcopy(data),
@@ -108,37 +162,73 @@ def all_configs() -> dict[Path, dict]:
     models = sorted({m for t, s, _ in CIFAR_PAIRS for m in (t, s)})
     for m in models:
         solver = dict(CIFAR_SOLVER, lr=0.01 if m in LIGHT_STUDENTS else 0.05)
-        out[Path("cifar100/ce") / f"{m}.yaml"] = _config(f"cifar100-ce-{m}", CIFAR_DATA, m, solver, "ce", {})
+        out[Path("cifar100/ce") / f"{m}.yaml"] = _config(
+            f"cifar100-ce-{m}", CIFAR_DATA, m, solver, "ce", {}
+        )
     for t, s, beta in CIFAR_PAIRS:
         solver = dict(CIFAR_SOLVER, lr=0.01 if s in LIGHT_STUDENTS else 0.05)
         for method, params in CIFAR_METHODS.items():
             params = dict(params, beta=beta) if method == "dkd" else params
             out[Path("cifar100") / method / f"{_file_stem(t, s)}.yaml"] = _config(
-                f"cifar100-{method}-{t}_{s}", CIFAR_DATA, s, solver, method, params,
-                teacher=t, teacher_ckpt=CIFAR_TEACHER_CKPT.format(t=t))
+                f"cifar100-{method}-{t}_{s}",
+                CIFAR_DATA,
+                s,
+                solver,
+                method,
+                params,
+                teacher=t,
+                teacher_ckpt=CIFAR_TEACHER_CKPT.format(t=t),
+            )
     # ImageNet.
     for t, s, beta in IMAGENET_PAIRS:
         out[Path("imagenet/ce") / f"{s}.yaml"] = _config(
-            f"imagenet-ce-{s}", IMAGENET_DATA, s, IMAGENET_SOLVER, "ce", {},
-            runtime={"amp": "bf16", "channels_last": True})
+            f"imagenet-ce-{s}",
+            IMAGENET_DATA,
+            s,
+            IMAGENET_SOLVER,
+            "ce",
+            {},
+            runtime={"amp": "bf16", "channels_last": True},
+        )
         for method, params in IMAGENET_METHODS.items():
             params = dict(params, beta=beta) if method == "dkd" else params
             out[Path("imagenet") / method / f"{_file_stem(t, s)}.yaml"] = _config(
-                f"imagenet-{method}-{t}_{s}", IMAGENET_DATA, s, IMAGENET_SOLVER, method, params,
-                teacher=t, teacher_ckpt=IMAGENET_TEACHER_CKPT.format(t=t),
-                runtime={"amp": "bf16", "channels_last": True})
+                f"imagenet-{method}-{t}_{s}",
+                IMAGENET_DATA,
+                s,
+                IMAGENET_SOLVER,
+                method,
+                params,
+                teacher=t,
+                teacher_ckpt=IMAGENET_TEACHER_CKPT.format(t=t),
+                runtime={"amp": "bf16", "channels_last": True},
+            )
     # Small real data sets.
     for ds, over in SMALL_DATASETS.items():
-        data = {"name": ds, "root": None, "val_split": 0.1, "augment": "default",
-                "batch_size": over["batch_size"], "eval_batch_size": 1000, "num_workers": 0}
+        data = {
+            "name": ds,
+            "root": None,
+            "val_split": 0.1,
+            "augment": "default",
+            "batch_size": over["batch_size"],
+            "eval_batch_size": 1000,
+            "num_workers": 0,
+        }
         solver = dict(SMALL_SOLVER, epochs=over["epochs"])
         for m in sorted({m for pair in SMALL_PAIRS for m in pair}):
             out[Path(ds) / "ce" / f"{m}.yaml"] = _config(f"{ds}-ce-{m}", data, m, solver, "ce", {})
         for t, s in SMALL_PAIRS:
             for method in SMALL_METHODS:
                 out[Path(ds) / method / f"{_file_stem(t, s)}.yaml"] = _config(
-                    f"{ds}-{method}-{t}_{s}", data, s, solver, method, {},
-                    teacher=t, teacher_ckpt=f"runs/{ds}-ce-{t}/best.pt")
+                    f"{ds}-{method}-{t}_{s}",
+                    data,
+                    s,
+                    solver,
+                    method,
+                    {},
+                    teacher=t,
+                    teacher_ckpt=f"runs/{ds}-ce-{t}/best.pt",
+                )
     return out
 
 

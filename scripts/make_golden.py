@@ -39,8 +39,12 @@ def compute(name: str) -> dict:
     loss = build_loss(name, **PARAMS.get(name, {}))
     loss.train()
     out = loss(s.clone().requires_grad_(True), t, y, epoch=EPOCH)
-    return {"params": PARAMS.get(name, {}), "epoch": EPOCH, "total": float(out.total.detach()),
-            "terms": {k: float(v.detach()) for k, v in out.terms.items()}}
+    return {
+        "params": PARAMS.get(name, {}),
+        "epoch": EPOCH,
+        "total": float(out.total.detach()),
+        "terms": {k: float(v.detach()) for k, v in out.terms.items()},
+    }
 
 
 def main() -> None:

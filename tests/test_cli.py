@@ -6,9 +6,7 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -225,16 +223,3 @@ def test_stop_and_resume_through_cli(
     code, out, _ = run_cli(capsys, "train", cfg, "--resume", "--output-dir", out_dir, "--name", "r")
     assert code == 0 and "epochs: 2/2" in out
     assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "r" / "metrics.jsonl")] == [1, 2]
-
-
-# ----------------------------------------------------------------------------- demo hook
-def test_demo_hook(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    seen: dict[str, Any] = {}
-    fake = types.ModuleType("lud.demo")
-    fake.main = lambda argv: seen.setdefault("argv", argv) and 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "lud.demo", fake)
-    code, _, _ = run_cli(capsys, "demo", "--teacher-epochs", "1")
-    assert code == 0 and seen["argv"] == ["--teacher-epochs", "1"]
-    monkeypatch.setitem(sys.modules, "lud.demo", None)  # as if the module did not exist
-    code, _, err = run_cli(capsys, "demo")
-    assert code == 2 and "no demo module" in err

@@ -55,6 +55,16 @@ def test_yaml11_quirks(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path / "q.yaml", text))
     assert cfg.runtime.amp == "off"
     assert cfg.solver.lr == pytest.approx(0.001)
+    # The same holds inside free-form loss parameters and in overrides (YAML 1.2 scalars).
+    cfg = load_config(write(tmp_path / "q.yaml", text),
+                      ["teacher.name=cnn_small", f"teacher.checkpoint={tmp_path / 'q.yaml'}",
+                       "loss.name=lud", "loss.params.dynamic_temperature=off",
+                       "loss.params.sample_mask=false", "loss.params.rank_strength=1e-2"])
+    assert cfg.loss.params == {"dynamic_temperature": "off", "sample_mask": False,
+                               "rank_strength": 0.01}
+    # A string is not a number: no silent coercion of quoted values.
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(write(tmp_path / "r.yaml", text.replace("1e-3", "'1e-3'")))
 
 
 def test_overrides(tmp_path: Path) -> None:

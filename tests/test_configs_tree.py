@@ -43,7 +43,9 @@ def test_config_validates(path: Path, tmp_path: Path) -> None:
         # The teacher weights are the user's download/run; stand in a file so the rest validates.
         fake = tmp_path / "teacher.pt"
         fake.write_bytes(b"")
-        cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, checkpoint=str(fake)))
+        cfg = dataclasses.replace(
+            cfg, teacher=dataclasses.replace(cfg.teacher, checkpoint=str(fake))
+        )
     validate_config(cfg)
     build_loss(cfg.loss.name, **cfg.loss.params)
     assert cfg.experiment.name == path.stem or cfg.experiment.name.endswith(path.stem)

@@ -12,10 +12,23 @@ pytest.importorskip("mlxtend")
 from lud.cli import main  # noqa: E402
 
 
-def test_demo_trains_four_runs_and_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_trains_four_runs_and_prints_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "demo"
-    rc = main(["demo", "--output-dir", str(out), "--subset", "400",
-               "--teacher-epochs", "2", "--student-epochs", "2"])
+    rc = main(
+        [
+            "demo",
+            "--output-dir",
+            str(out),
+            "--subset",
+            "400",
+            "--teacher-epochs",
+            "2",
+            "--student-epochs",
+            "2",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     for label in ("teacher", "student alone", "kd", "lud"):

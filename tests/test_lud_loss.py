@@ -524,7 +524,9 @@ def test_ce_only_equals_cross_entropy():
 def test_standardize_matches_reference_on_zscored_logits():
     zs, zt, y = logits(b=10, c=6, seed=13)
     terms, _ = run(LUDLoss(standardize=True, rank_strength=SMALL), zs, zt, y)
-    z = lambda x: (x - x.mean(1, keepdims=True)) / x.std(1, ddof=1, keepdims=True)
+    def z(x):
+        return (x - x.mean(1, keepdims=True)) / x.std(1, ddof=1, keepdims=True)
+
     ref, _ = ref_lud(z(zs.double().numpy()), z(zt.double().numpy()), y.numpy())
     ref["ce"] = float(F.cross_entropy(zs, y))  # CE stays on the raw logits
     for k in ref:

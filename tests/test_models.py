@@ -43,7 +43,8 @@ CIFAR_ZOO = [
 ]  # fmt: skip
 SMALL = ["mlp", "mlp_tiny", "cnn_small", "cnn_medium", "cnn_large"]
 IMAGENET = [
-    "imagenet_resnet18", "imagenet_resnet34", "imagenet_resnet50", "imagenet_mobilenetv2", "imagenet_mobilenetv1"
+    "imagenet_resnet18", "imagenet_resnet34", "imagenet_resnet50", "imagenet_mobilenetv2",
+    "imagenet_mobilenetv1"
 ]  # fmt: skip
 
 

@@ -51,6 +51,7 @@ from .config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    load_yaml,
     validate_config,
 )
 
@@ -219,15 +220,9 @@ def _split_top_level(text: str) -> list[str]:
     return [s.strip() for s in items if s.strip()]
 
 
-# YAML 1.1 reads these as booleans; as loss parameters they are choices (dynamic_temperature=off).
-_WORDS = frozenset({"on", "off", "yes", "no", "y", "n"})
-
-
 def _value(text: str, item: str) -> Any:
-    if text.strip().lower() in _WORDS:
-        return text.strip()
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"cannot parse the value of '{item}': {exc}") from None
 
@@ -258,7 +253,7 @@ def parse_method_params(specs: Sequence[str] | str | None) -> dict[str, dict[str
             if not path.is_file():
                 raise ValueError(f"method-params file not found: {path}")
             try:
-                raw = yaml.safe_load(path.read_text())
+                raw = load_yaml(path.read_text())
             except yaml.YAMLError as exc:
                 raise ValueError(f"cannot parse method-params file {path}: {exc}") from None
             if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
@@ -365,7 +360,7 @@ def _saved_config(run: Path, status: str) -> dict[str, Any]:
             f"delete the run folder {run} to train this run again"
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"cannot parse {path}: {exc}") from None
     if not isinstance(raw, dict):

@@ -84,6 +84,8 @@ def _cmd_train(argv: list[str]) -> int:
         cfg.experiment.name = args.name
     validate_config(cfg)
     summary = train(cfg, resume=args.resume, stop_after=args.stop_after)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one summary, from rank 0
+        return 0
     best, last = summary["best"], summary["last"]
     print(f"run folder: {summary['run_dir']}")
     print(f"epochs: {summary['epochs_completed']}/{summary['epochs']}")
@@ -343,18 +345,9 @@ def _cmd_list(argv: list[str]) -> int:
 
 
 def _cmd_demo(argv: list[str]) -> int:
-    # ---- `lud demo` hook: the demo lives in lud/demo.py (written separately) -------------
-    import importlib
+    from .demo import main as demo_main
 
-    try:
-        demo = importlib.import_module("lud.demo")
-    except ModuleNotFoundError as exc:
-        if exc.name != "lud.demo":
-            raise
-        print("lud demo: error: this installation has no demo module (lud.demo)", file=sys.stderr)
-        return 2
-    rc = demo.main(argv)
-    return 0 if rc is None else int(rc)
+    return demo_main(argv)
 
 
 # ----------------------------------------------------------------------------- main

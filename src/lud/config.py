@@ -26,8 +26,9 @@ Overrides: ``section.key=value`` (``solver.lr=0.1``, ``loss.params.beta=2``,
 (``model.kwargs``, ``teacher.kwargs``, ``loss.params``) accept new keys; everything else must
 already exist.
 
-YAML 1.1 quirks handled on purpose: ``amp: off`` (read as ``False`` by PyYAML) means ``"off"``,
-and ``1e-3`` (read as a string, because YAML 1.1 wants a dot) is accepted by float fields.
+YAML is read with :func:`load_yaml`, which follows YAML 1.2 where PyYAML follows 1.1: only
+``true``/``false`` are booleans (``amp: off``, ``dynamic_temperature: off`` stay strings) and
+``1e-3`` is a float.
 """
 
 from __future__ import annotations
@@ -57,9 +58,39 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "load_yaml",
     "save_config",
     "validate_config",
 ]
+
+
+# ----------------------------------------------------------------------------- YAML
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 scalars.
+
+    YAML 1.1 (PyYAML's default) reads ``on/off/yes/no`` as booleans, which turns choices such as
+    ``amp: off`` or ``loss.params.dynamic_temperature=off`` into ``False``, and reads ``1e-3``
+    as a string. YAML 1.2 has neither quirk; fixing it here fixes it for every consumer.
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with YAML 1.2 booleans and floats (see :class:`_Yaml12Loader`)."""
+    return yaml.load(text, Loader=_Yaml12Loader)
 
 
 class ConfigError(ValueError):
@@ -226,8 +257,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         )
     if origin is Literal:
         choices = get_args(tp)
-        if value is False and "off" in choices:  # YAML 1.1 reads `off` as False
-            value = "off"
         if value not in choices:
             close = difflib.get_close_matches(
                 str(value), [str(c) for c in choices], n=1, cutoff=0.5
@@ -267,11 +296,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"'{key}' must be an integer, got {value!r} ({type(value).__name__})")
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{key}' must be a number, got {value!r} ({type(value).__name__})")
         return float(value)
@@ -362,7 +386,7 @@ def _read_yaml(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse YAML in {path}: {exc}") from None
     raw = {} if raw is None else raw
@@ -404,7 +428,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 f"override key '{key}' must be dotted, like solver.lr or loss.params.beta"
             )
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse the value of override '{item}': {exc}") from None
         parts = key.split(".")

@@ -15,6 +15,15 @@ __all__ = ["CHECKPOINT_FORMAT", "atomic_save", "atomic_write_text", "load_checkp
 CHECKPOINT_FORMAT = "lud-run-checkpoint/1"
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write to a temp file in the same folder, fsync, then ``os.replace``.
 
@@ -25,6 +34,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; run files are as readable as any other
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

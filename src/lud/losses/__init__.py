@@ -6,11 +6,10 @@
 >>> out.total.backward()  # doctest: +SKIP
 """
 
+# Importing the method modules registers them.
+from . import ce, ctkd, dist, dkd, kd, lud, mlkd  # noqa: E402,F401  (registration side effect)
 from .base import DistillationLoss, LossOutput, validate_logits
 from .registry import available_losses, build_loss, loss_class, register_loss
-
-# Importing the method modules registers them.
-from . import ce, kd, dkd, dist, ctkd, mlkd, lud  # noqa: E402,F401  (registration side effect)
 from .standardize import standardize_logits  # noqa: E402
 
 __all__ = [

@@ -57,7 +57,9 @@ def validate_logits(
 ) -> None:
     """Raise ``ValueError`` naming the problem if the inputs cannot be distilled on."""
     if not isinstance(student_logits, Tensor):
-        raise ValueError(f"student_logits must be a torch.Tensor, got {type(student_logits).__name__}")
+        raise ValueError(
+            f"student_logits must be a torch.Tensor, got {type(student_logits).__name__}"
+        )
     if student_logits.dim() != 2:
         raise ValueError(
             f"student_logits must have shape (batch, classes), got shape {tuple(student_logits.shape)}"
@@ -71,9 +73,13 @@ def validate_logits(
         raise ValueError(f"need at least 2 classes, student_logits has {classes}")
     if teacher_logits is not None:
         if not isinstance(teacher_logits, Tensor):
-            raise ValueError(f"teacher_logits must be a torch.Tensor, got {type(teacher_logits).__name__}")
+            raise ValueError(
+                f"teacher_logits must be a torch.Tensor, got {type(teacher_logits).__name__}"
+            )
         if not teacher_logits.is_floating_point():
-            raise ValueError(f"teacher_logits must be floating point, got dtype {teacher_logits.dtype}")
+            raise ValueError(
+                f"teacher_logits must be floating point, got dtype {teacher_logits.dtype}"
+            )
         if teacher_logits.dim() != 2:
             raise ValueError(
                 f"teacher_logits must have shape (batch, classes), got shape {tuple(teacher_logits.shape)}"
@@ -181,7 +187,11 @@ class DistillationLoss(nn.Module):
         return gather_rows(x, differentiable=differentiable, check=check)
 
     def compute(
-        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor | None, epoch: float
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None,
+        targets: Tensor | None,
+        epoch: float,
     ) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -192,6 +202,8 @@ class DistillationLoss(nn.Module):
         return LossOutput(
             total=total,
             terms=terms,
-            stat_tensors={k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v))
-                          for k, v in (stats or {}).items()},
+            stat_tensors={
+                k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v))
+                for k, v in (stats or {}).items()
+            },
         )

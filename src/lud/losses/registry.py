@@ -27,7 +27,9 @@ def register_loss(name: str) -> Callable[[L], L]:
 
     def wrap(cls: L) -> L:
         if name in _LOSSES and _LOSSES[name] is not cls:
-            raise ValueError(f"loss name '{name}' is already registered to {_LOSSES[name].__name__}")
+            raise ValueError(
+                f"loss name '{name}' is already registered to {_LOSSES[name].__name__}"
+            )
         _LOSSES[name] = cls
         cls.registry_name = name  # type: ignore[attr-defined]
         return cls
@@ -59,5 +61,7 @@ def build_loss(name: str, **params: Any) -> DistillationLoss:
     if not has_var_kw:
         for key in params:
             if key not in accepted:
-                raise ValueError(f"unknown parameter '{key}' for loss '{name}'.{suggest(key, accepted)}")
+                raise ValueError(
+                    f"unknown parameter '{key}' for loss '{name}'.{suggest(key, accepted)}"
+                )
     return cls(**params)
