@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-loss clean
+.PHONY: setup demo test lint bench-loss torchsort clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
+
+# Optional O(n log n) soft-rank backend; builds against the venv's torch (no isolated build, which
+# would pull another torch and look for nvcc).
+torchsort: $(VENV)/.installed
+	PATH=$(abspath $(BIN)):/usr/bin:/bin $(BIN)/pip install -q --no-build-isolation --no-cache-dir torchsort==0.1.10
 
 bench-loss: $(VENV)/.installed
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/loss_speed.py

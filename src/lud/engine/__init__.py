@@ -2,7 +2,7 @@
 
 >>> from lud.config import load_config
 >>> from lud.engine import train
->>> summary = train(load_config("configs/cifar100/kd_res32x4_res8x4.yaml"))  # doctest: +SKIP
+>>> summary = train(load_config("configs/cifar100/kd/resnet32x4_resnet8x4.yaml"))  # doctest: +SKIP
 """
 
 from .checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
