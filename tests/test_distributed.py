@@ -67,6 +67,7 @@ KD = {"name": "kd"}
 LUD_PARAMS = {"dynamic_temperature": "off", "teacher_rank": "soft", "rank_strength": 1.0}
 LUD_GATHER = {"name": "lud", "params": {**LUD_PARAMS, "gather": True}}
 LUD_LOCAL = {"name": "lud", "params": LUD_PARAMS}
+SKIP = {"nonfinite": "skip", "log_every": 2}
 # Dropout draws from the global RNG: resuming must restore each rank's own stream.
 DROPOUT_MODEL = {"name": "mlp", "kwargs": {"hidden": [32], "dropout": 0.3}}
 
@@ -90,6 +91,42 @@ def lud_loss(gather: bool) -> nn.Module:
 def linear_model() -> nn.Module:
     torch.manual_seed(3)
     return nn.Linear(F, C)
+
+
+class nan_input_at:  # noqa: N801 - used as a context manager, like a function
+    """While active, the student's input is NaN at its ``call``-th training forward pass —
+    on rank ``rank`` only, or on every process if ``rank`` is None (``runtime.nonfinite``)."""
+
+    def __init__(self, call: int, rank: int | None) -> None:
+        self.call, self.rank = call, rank
+
+    def __enter__(self) -> None:
+        import lud.models
+
+        self.real = real = lud.models.build_model
+        calls = [0]
+        here = int(os.environ.get("RANK", "0"))
+
+        def build(*a: Any, **kw: Any) -> nn.Module:
+            model = real(*a, **kw)
+
+            def pre(module: nn.Module, args: tuple[Any, ...]) -> Any:
+                if not module.training:  # evaluation and the frozen teacher do not count
+                    return None
+                calls[0] += 1
+                if calls[0] == self.call and self.rank in (None, here):
+                    return (args[0] * float("nan"),)
+                return None
+
+            model.register_forward_pre_hook(pre)
+            return model
+
+        lud.models.build_model = build
+
+    def __exit__(self, *exc: Any) -> None:
+        import lud.models
+
+        lud.models.build_model = self.real
 
 
 # ----------------------------------------------------------------------------- worker (torchrun)
@@ -168,6 +205,9 @@ def _worker_main(argv: list[str]) -> None:
     for name in ("drop_full", "drop_part"):
         cfg = student(root, name, KD, data={"batch_size": B}, model=DROPOUT_MODEL)
         train(cfg, stop_after=1 if name == "drop_part" else None)
+    # A NaN on rank 1 alone: both ranks must skip the step together (else DDP hangs).
+    with nan_input_at(3, rank=1):
+        train(student(root, "skip_w2", KD, data={"batch_size": B}, runtime=SKIP))
     (root / f"writes_rank{rank}.json").write_text(json.dumps(writes))
     dist.destroy_process_group()
 
@@ -213,6 +253,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torchrun("-m", "lud", "train", str(root / "drop_part.yaml"), "--resume")
     train(student(root, "kd_w1", KD))
     train(student(root, "lud_w1", LUD_GATHER))
+    with nan_input_at(3, rank=None):
+        train(student(root, "skip_w1", KD, runtime=SKIP))
     return root
 
 
@@ -384,11 +426,15 @@ def test_lud_gather_equals_one_process_on_the_global_batch(env: Path) -> None:
         assert "same batch size on every rank, got [8, 7]" in got["unequal_error"]
 
 
-@pytest.mark.parametrize(("w2", "w1"), [("kd_w2", "kd_w1"), ("lud_w2", "lud_w1")])
+@pytest.mark.parametrize(
+    ("w2", "w1"), [("kd_w2", "kd_w1"), ("lud_w2", "lud_w1"), ("skip_w2", "skip_w1")]
+)
 def test_two_processes_equal_one_with_the_global_batch(env: Path, w2: str, w1: str) -> None:
     """batch 8 × 2 processes = batch 16 × 1 process: weights, training and test metrics.
     KD: per-sample loss; LUD with gather: batch statistics over the global batch (and the
-    2-process LUD run cuts its batches from device-resident data)."""
+    2-process LUD run cuts its batches from device-resident data); skip: runtime.nonfinite=skip
+    with a NaN in one rank's half of step 3 skips that step on both ranks, as one process with
+    the whole batch does."""
     a, b = _ckpt(env, w2), _ckpt(env, w1)
     assert a["world_size"] == 2 and b["world_size"] == 1
     # Measured: KD 2e-7, LUD 3e-5 (its soft ranks amplify rounding over 12 steps); LUD without
@@ -405,6 +451,8 @@ def test_two_processes_equal_one_with_the_global_batch(env: Path, w2: str, w1: s
                 assert ra[k] == v, k
     # 75 test images: the padded duplicate on rank 1 is not counted (top-1 is a multiple of 1/75).
     assert round(rows_a[-1]["test/top1"] * 75 / 100, 6).is_integer()
+    if w2 == "skip_w2":
+        assert [r["train/skipped_steps"] for r in rows_a] == [1, 0]
 
 
 def test_lud_without_gather_is_not_the_global_batch_loss(env: Path) -> None:

@@ -18,9 +18,10 @@ Decisions:
   ``loss.*`` overrides are refused for that reason.
 * **Resuming**: a run whose ``summary.json`` says ``completed`` is done and never retrained; a run
   with ``last.pt`` and no complete summary continues with ``resume=True``; a folder with
-  unreadable files stops the benchmark with a message naming the file. A run that diverges
-  (NaN loss) is marked ``bench_failed.json`` and skipped, so one bad method does not stop the
-  benchmark; ``retry_failed=True`` tries it again.
+  unreadable files stops the benchmark with a message naming the file (a checkpoint is
+  verified against its SHA-256), and temporary files of writes cut short by a kill are
+  removed. A run that diverges (NaN loss) is marked ``bench_failed.json`` and skipped, so one
+  bad method does not stop the benchmark; ``retry_failed=True`` tries it again.
 * **One recipe per folder**: ``bench.json`` keeps the base config; re-running in the same folder
   with a different recipe is refused (a finished run's config is compared too). Methods and
   seeds may be added later: the tables cover everything the folder holds (so an ablation run
@@ -652,12 +653,15 @@ def run_bench(
     from .bench_results import collect_results, write_results
     from .calibration import evaluate_run, evaluate_teacher
     from .engine import TrainingDivergedError
-    from .engine.checkpoint import atomic_write_text
+    from .engine.checkpoint import atomic_write_text, remove_stale_temp_files
 
     say = log or (lambda _m: None)
     plan = plan_bench(
         config, methods, seeds, overrides, output_dir, method_params=method_params, ablate=ablate
     )
+    # A killed benchmark may have left temporary files of interrupted writes (tables, caches).
+    for folder in (plan.bench_dir, *(r.run_dir for r in plan.runs)):
+        remove_stale_temp_files(folder)
     _write_manifest(plan)
     if plan.needs_teacher:
         ev = evaluate_teacher(plan.base, cache_path=plan.bench_dir / "teacher_eval.json")

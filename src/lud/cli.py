@@ -1,8 +1,8 @@
 """The ``lud`` command line: ``train``, ``eval``, ``bench``, ``report``, ``list`` and ``demo``.
 
 Exit codes: 0 success; 1 training diverged (NaN/Inf loss); 2 bad usage, configuration, data or
-checkpoint (the message goes to stderr, without a traceback; set ``LUD_TRACEBACK=1`` to see one);
-130 interrupted.
+checkpoint, or an output folder that cannot be written (full disk, read-only): the message goes to
+stderr, without a traceback (set ``LUD_TRACEBACK=1`` to see one); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def evaluate_checkpoint(
     from .config import ConfigError, apply_overrides, config_from_dict, validate_config
     from .data import build_data, make_batch_transform, make_loader
     from .engine import evaluate, load_checkpoint, resolve_device
-    from .models import build_model
+    from .models import build_model, load_checkpoint_weights
 
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(apply_overrides(ckpt["config"], list(overrides)))
@@ -181,7 +181,15 @@ def evaluate_checkpoint(
         input_shape=shape,
         **cfg.model.kwargs,
     )
-    model.load_state_dict(ckpt["model"])
+    try:
+        load_checkpoint_weights(model, ckpt["model"], strict=True)
+    except ValueError as exc:
+        stored = "x".join(str(v) for v in ckpt.get("input_shape", ())) or "?"
+        raise ValueError(
+            f"checkpoint {path} holds a '{ckpt['model_name']}' trained on {stored} inputs; "
+            f"data set '{d.name}' gives {'x'.join(map(str, shape))} inputs and "
+            f"{bundle.num_classes} classes: {exc}"
+        ) from None
     model.to(dev)
     if cfg.runtime.channels_last:
         import torch
@@ -296,9 +304,7 @@ def _cmd_bench(argv: list[str]) -> int:
     return 0
 
 
-def _cmd_report(argv: list[str]) -> int:
-    from .report import make_report
-
+def _report_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lud report", description=_COMMANDS["report"])
     p.add_argument("run_dir", help="a run folder, a benchmark folder, or a folder of run folders")
     p.add_argument("--output-dir", help="where report.md and the PNGs go (default: RUN_DIR/report)")
@@ -308,7 +314,13 @@ def _cmd_report(argv: list[str]) -> int:
         help="evaluate no checkpoint: reliability and per-class plots use cached results only",
     )
     p.add_argument("--device", help="device for evaluating checkpoints (default: the run's)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _cmd_report(argv: list[str]) -> int:
+    from .report import make_report
+
+    args = _report_parser().parse_args(argv)
     path = make_report(
         args.run_dir, args.output_dir, evaluate=not args.no_eval, device=args.device
     )
@@ -317,7 +329,7 @@ def _cmd_report(argv: list[str]) -> int:
 
 
 # ----------------------------------------------------------------------------- list / demo
-def _cmd_list(argv: list[str]) -> int:
+def _list_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lud list", description=_COMMANDS["list"])
     p.add_argument(
         "kind",
@@ -325,7 +337,11 @@ def _cmd_list(argv: list[str]) -> int:
         choices=("losses", "models", "datasets"),
         help="what to list (default: everything, with headers)",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def _cmd_list(argv: list[str]) -> int:
+    args = _list_parser().parse_args(argv)
     from .data import available_datasets
     from .losses import available_losses
     from .models import available_models
@@ -404,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lud {cmd}: error: {exc}", file=sys.stderr)
         return 1
-    except (ConfigError, RunFolderError, ValueError, FileNotFoundError, ImportError) as exc:
+    except (ConfigError, RunFolderError, ValueError, OSError, ImportError) as exc:
         if os.environ.get("LUD_TRACEBACK"):
             raise
         print(f"lud {cmd}: error: {exc}", file=sys.stderr)

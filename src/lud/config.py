@@ -13,7 +13,7 @@ A run is described by one YAML file with the sections below (every key optional 
                  milestones, gamma, warmup_epochs, min_lr}
     runtime:    {device, amp, channels_last, compile, log_every, progress, eval_every,
                  teacher_cache, max_steps_per_epoch, tensorboard, dist_backend, sync_bn,
-                 data_on_device, compile_teacher}
+                 data_on_device, compile_teacher, nonfinite}
 
 Inheritance: a file may say ``_base_: ../base.yaml`` (or a list of paths, applied in order),
 relative to the file itself. Mappings merge key by key, recursively; lists and scalars are
@@ -183,6 +183,9 @@ class RuntimeConfig:
     sync_bn: bool = False
     data_on_device: bool = False
     compile_teacher: bool | None = None  # None: follow `compile`
+    # a NaN/Inf in the logits, the loss or a gradient: "stop" the run (last.pt keeps the last good
+    # epoch) or "skip" the step (no update; counted as train/skipped_steps; a sync per step)
+    nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass
@@ -358,9 +361,11 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
-    """Write the resolved configuration as YAML (what the run actually used)."""
+    """Write the resolved configuration as YAML (what the run actually used), atomically."""
+    from .engine.checkpoint import atomic_write_text  # lazy: the engine imports this module
+
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    Path(path).write_text(text)
+    atomic_write_text(text, path)
 
 
 # ----------------------------------------------------------------------------- YAML + merge

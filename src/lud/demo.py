@@ -114,7 +114,8 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The ``lud demo`` options."""
     ap = argparse.ArgumentParser(prog="lud demo", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--output-dir",
@@ -130,13 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--verbose", action="store_true", help="print every epoch (always in each train.log)"
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if not args.verbose:  # keep the terminal to one line per run; train.log has every epoch
         for h in logging.getLogger("lud").handlers:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 h.setLevel(logging.WARNING)
     out = Path(args.output_dir or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
     from .engine import train  # heavy import after argument parsing
+    from .engine.checkpoint import atomic_write_text
 
     configs = demo_configs(
         out,
@@ -167,6 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         f"\ntotal {time.perf_counter() - t0:.0f} s; 'gap closed' = (method − student alone) / "
         f"(teacher − student alone), best-on-val epochs."
     )
-    (out / "demo_results.md").write_text(table + "\n")
-    (out / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(table + "\n", out / "demo_results.md")
+    atomic_write_text(json.dumps(results, indent=2) + "\n", out / "demo_results.json")
     return 0

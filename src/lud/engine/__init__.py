@@ -5,7 +5,13 @@
 >>> summary = train(load_config("configs/cifar100/kd/resnet32x4_resnet8x4.yaml"))  # doctest: +SKIP
 """
 
-from .checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .metrics import ECE_BINS, RunningSums, evaluate, expected_calibration_error, predict_logits
 from .optim import LRSchedule, build_optimizer, lr_factor
 from .runtime import RuntimeContext, resolve_device, setup_runtime
@@ -20,6 +26,7 @@ from .trainer import RunFolderError, TrainingDivergedError, run_dir_of, train
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
     "ECE_BINS",
     "LRSchedule",
     "RunFolderError",
@@ -39,6 +46,7 @@ __all__ = [
     "resolve_device",
     "restore_rng_state",
     "run_dir_of",
+    "save_checkpoint",
     "seed_everything",
     "setup_runtime",
     "train",

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .faults import fault_point
+
 __all__ = [
     "ECE_BINS",
     "RunningSums",
@@ -72,6 +74,7 @@ def _batches(
     try:
         with torch.no_grad():
             for images, labels in loader:
+                fault_point("eval")
                 x = transform(images.to(device, non_blocking=True))
                 if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)

@@ -25,11 +25,24 @@ def _json_safe(value: Any) -> Any:
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All rows of a ``metrics.jsonl`` file (empty list if missing)."""
+    """All rows of a ``metrics.jsonl`` file (empty list if missing).
+
+    A last line that is not valid JSON is a row whose append was cut off (the process was killed
+    or the disk filled up mid-write); it is dropped. A bad line elsewhere is an error.
+    """
     p = Path(path)
     if not p.is_file():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(p.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (number, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError as exc:
+            if k == len(lines) - 1:
+                break
+            raise ValueError(f"{p}, line {number}: not a JSON row ({exc})") from None
+    return rows
 
 
 class MetricsLog:
@@ -45,12 +58,15 @@ class MetricsLog:
     def __init__(
         self, run_dir: Path, *, tensorboard: bool, resume_epoch: int | None = None
     ) -> None:
+        from .checkpoint import atomic_write_text
+
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_epoch is None:
-            self.path.write_text("")
+            atomic_write_text("", self.path)
         else:
+            # atomic: a kill during this rewrite must not cost the rows already logged
             rows = [r for r in read_metrics(self.path) if int(r.get("epoch", 0)) <= resume_epoch]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write_text("".join(json.dumps(r) + "\n" for r in rows), self.path)
         self._tb = None
         if tensorboard:
             try:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TeacherConfig
-from .checkpoint import CHECKPOINT_FORMAT
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, verify_checkpoint
 from .metrics import predict_logits
 from .runtime import RuntimeContext
 
@@ -22,7 +22,11 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"cannot read teacher.checkpoint {path}: {exc}") from None
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"cannot read teacher.checkpoint {path}: it is truncated, corrupt or not a torch "
+            f"file ({reason})"
+        ) from None
 
 
 def build_teacher(
@@ -40,6 +44,10 @@ def build_teacher(
     path = Path(cfg.checkpoint).expanduser()
     obj = _read(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        try:
+            verify_checkpoint(obj, path)
+        except CheckpointError as exc:
+            raise ValueError(f"teacher.checkpoint: {exc}") from None
         saved_classes = int(obj["num_classes"])
         if saved_classes != num_classes:
             raise ValueError(

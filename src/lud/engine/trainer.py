@@ -15,7 +15,15 @@ knowing:
   resumed from ``last.pt`` therefore reproduces an uninterrupted run bit for bit (on the same
   hardware and software). Resumption is at epoch granularity.
 * Loss statistics are summed on the device; the host reads them every ``log_every`` steps and
-  at the epoch end, which is also when a non-finite loss is detected.
+  at the epoch end, which is also when a non-finite loss is detected (``runtime.nonfinite:
+  stop``). With ``runtime.nonfinite: skip`` every step is checked (logits, loss, gradients) and
+  a bad one is skipped — no update, buffers restored — and counted in ``train/skipped_steps``.
+* Crash safety: every file is written atomically (:mod:`lud.engine.checkpoint`), checkpoints
+  carry a SHA-256 that is checked when they are read, and an epoch ends with the metrics row,
+  then ``last.pt``, then ``best.pt``. A process killed anywhere leaves a folder that
+  ``resume=True`` continues from the last complete epoch (temporary files of interrupted
+  writes are removed, metrics rows newer than ``last.pt`` dropped, a ``best.pt`` that missed
+  the last epoch restored from ``last.pt``).
 * Data parallel (``torchrun``; see ``docs/distributed.md``): ``data.batch_size`` is per process;
   the student is wrapped in DDP, a loss with parameters has its gradients averaged by hand, the
   teacher is not wrapped. Augmentation parameters are drawn for the whole global batch from a
@@ -48,7 +56,16 @@ from ..config import (
     validate_config,
 )
 from . import distributed
-from .checkpoint import CHECKPOINT_FORMAT, atomic_save, atomic_write_text, load_checkpoint
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
+from .faults import fault_point
 from .metrics import RunningSums, evaluate
 from .optim import LRSchedule, build_optimizer
 from .runlog import MetricsLog, attach_file_log, logger
@@ -97,16 +114,99 @@ def run_dir_of(cfg: Config) -> Path:
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite checkpoints, create the folder, clear temp files of killed writes."""
     has_ckpt = run_dir.is_dir() and any(run_dir.glob("*.pt"))
     if resume:
-        if not (run_dir / "last.pt").is_file():
-            raise RunFolderError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
+        last = run_dir / "last.pt"
+        if not last.is_file():
+            if has_ckpt:
+                hint = ". " + _recovery_hint(last)
+            elif run_dir.is_dir():
+                hint = (
+                    "; the run stopped before its first epoch ended, so there is nothing to "
+                    "resume: start it again without --resume"
+                )
+            else:
+                hint = ""
+            raise RunFolderError(f"cannot resume: {last} does not exist{hint}")
     elif has_ckpt:
         raise RunFolderError(
             f"run folder {run_dir} already holds checkpoints; pass --resume to continue that run, "
             "or choose another experiment name (--name) or output folder (--output-dir)"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        logger.info(
+            "%s holds no checkpoint (a run stopped in its first epoch): starting afresh", run_dir
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"cannot create the run folder {run_dir}: {exc.strerror or exc} "
+            "(choose a writable --output-dir)",
+        ) from None
+    removed = remove_stale_temp_files(run_dir)  # only rank 0 writes, and it is here
+    if removed:
+        logger.info(
+            "removed %d temporary file(s) of interrupted writes: %s",
+            len(removed),
+            ", ".join(p.name for p in removed),
+        )
+
+
+# What resuming needs beyond what every lud checkpoint has.
+_RUN_STATE_KEYS = ("loss", "optimizer", "schedule", "scaler", "best", "max_test_top1", "rng")
+
+
+def _recovery_hint(last: Path) -> str:
+    """What to do about an unusable ``last.pt``: fall back on an intact ``best.pt`` if any."""
+    best = last.with_name("best.pt")
+    try:
+        epoch = int(load_checkpoint(best)["epoch"]) if best.is_file() else None
+    except (CheckpointError, OSError):
+        epoch = None
+    start_again = f"delete the run folder {last.parent} (or choose another --name) to start again"
+    if epoch is None:
+        return start_again[0].upper() + start_again[1:] + "."
+    return (
+        f"{best} (epoch {epoch}) is intact: copy it over {last.name} to resume from epoch "
+        f"{epoch}, or {start_again}."
+    )
+
+
+def _restore_best(run_dir: Path, ckpt: dict[str, Any]) -> None:
+    """Rewrite ``best.pt`` from ``last.pt`` when a kill fell between their two writes.
+
+    ``last.pt`` is written first; if it records its own epoch as the best one, ``best.pt`` must
+    hold that same state. A missing, older or unreadable ``best.pt`` is then replaced by a copy.
+    """
+    epoch, best_epoch = int(ckpt["epoch"]), (ckpt.get("best") or {}).get("epoch")
+    if best_epoch is None or int(best_epoch) != epoch:
+        return
+    best = run_dir / "best.pt"
+    try:
+        if best.is_file() and int(load_checkpoint(best)["epoch"]) == epoch:
+            return
+    except CheckpointError:
+        pass
+    atomic_write_bytes((run_dir / "last.pt").read_bytes(), best)
+    logger.info("restored %s (epoch %d) from last.pt: the run stopped between the two", best, epoch)
+
+
+def _read_resume_checkpoint(path: Path) -> dict[str, Any]:
+    """``last.pt``, verified, on the CPU; a clear :class:`RunFolderError` if it is unusable."""
+    try:
+        ckpt = load_checkpoint(path, map_location="cpu")
+        missing = [k for k in _RUN_STATE_KEYS if k not in ckpt]
+        if missing:
+            raise CheckpointError(
+                f"{path} holds no training state ({', '.join(missing)} missing); it can be "
+                "evaluated or used as a teacher, not resumed"
+            )
+    except CheckpointError as exc:
+        raise RunFolderError(f"cannot resume: {exc}. {_recovery_hint(path)}") from None
+    return ckpt
 
 
 def _lookup(d: dict[str, Any], dotted: str) -> Any:
@@ -116,14 +216,16 @@ def _lookup(d: dict[str, Any], dotted: str) -> Any:
 
 
 def _check_resume_compatible(
-    saved: dict[str, Any], now: dict[str, Any], num_classes: int, ckpt: dict[str, Any]
+    saved: dict[str, Any], now: dict[str, Any], num_classes: int | None, ckpt: dict[str, Any]
 ) -> None:
+    """Raise if the run being resumed differs from the checkpoint's (``num_classes``: None
+    before the data are loaded)."""
     diffs = [
         f"{k}: checkpoint {_lookup(saved, k)!r} vs now {_lookup(now, k)!r}"
         for k in _RESUME_KEYS
         if _lookup(saved, k) != _lookup(now, k)
     ]
-    if int(ckpt["num_classes"]) != num_classes:
+    if num_classes is not None and int(ckpt["num_classes"]) != num_classes:
         diffs.append(f"num_classes: checkpoint {ckpt['num_classes']} vs data {num_classes}")
     if diffs:
         raise RunFolderError(
@@ -186,6 +288,13 @@ class _Run:
         error = distributed.broadcast_object(error)
         if error is not None:
             raise RunFolderError(error)
+        # Read (and verify) the checkpoint before any work: a corrupt file fails in a second.
+        self.resume_ckpt = _read_resume_checkpoint(self.run_dir / "last.pt") if resume else None
+        if self.resume_ckpt is not None:
+            ckpt = self.resume_ckpt
+            _check_resume_compatible(ckpt["config"], config_to_dict(cfg), None, ckpt)
+            if self.ctx.is_main:
+                _restore_best(self.run_dir, ckpt)
         configure_determinism(cfg.experiment.deterministic)
         seed_everything(cfg.experiment.seed)
         dev = self.ctx.device
@@ -298,6 +407,7 @@ class _Run:
         }
         self.max_test_top1: float | None = None
         self.start_epoch = 0
+        self.saved_epoch = 0  # the epoch last.pt holds
         self.wall_before = 0.0
         self.teacher_top1: float | None = None
 
@@ -317,8 +427,9 @@ class _Run:
                 self.cache.logits.shape[0],
                 time.perf_counter() - t0,
             )
-        if resume:
-            self._load(self.run_dir / "last.pt")
+        if self.resume_ckpt is not None:
+            self._load(self.run_dir / "last.pt", self.resume_ckpt)
+            self.resume_ckpt = None  # the state now lives in the modules
         self.ddp = distributed.wrap_model(self.model, dev)
         if r.compile:
             self.forward = torch.compile(self.ddp)
@@ -359,9 +470,8 @@ class _Run:
             "wall_time_s": wall,
         }
 
-    def _load(self, path: Path) -> None:
-        # CPU first: load_state_dict copies onto the device, without a second copy in GPU memory.
-        ckpt = load_checkpoint(path, map_location="cpu")
+    def _load(self, path: Path, ckpt: dict[str, Any]) -> None:
+        # Loaded on the CPU: load_state_dict copies onto the device, without a second GPU copy.
         _check_resume_compatible(
             ckpt["config"], config_to_dict(self.cfg), self.bundle.num_classes, ckpt
         )
@@ -380,7 +490,7 @@ class _Run:
         self.best = dict(ckpt["best"])
         self.max_test_top1 = ckpt["max_test_top1"]
         self.teacher_top1 = ckpt.get("teacher_top1")
-        self.start_epoch = int(ckpt["epoch"])
+        self.start_epoch = self.saved_epoch = int(ckpt["epoch"])
         self.wall_before = float(ckpt.get("wall_time_s", 0.0))
         rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
         # last: nothing after this may draw random numbers
@@ -400,6 +510,8 @@ class _Run:
         bs = self.train_loader.batch_size
         sums = RunningSums(dev)
         first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        skip_mode = cfg.runtime.nonfinite == "skip"
+        skipped = 0
         bar = _progress(cfg, ctx, epoch, self.steps)
         lr0 = self.schedule.lr
         t0 = time.perf_counter()
@@ -407,6 +519,7 @@ class _Run:
         for step, (images, labels) in enumerate(self.train_loader):
             if step >= self.steps:
                 break
+            fault_point("step")
             x = self._augment(images.to(dev, non_blocking=True), gen)
             if cfg.runtime.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -415,54 +528,36 @@ class _Run:
             if self.cache is not None:
                 assert order is not None
                 t_logits = self.cache.lookup(order[step * bs : step * bs + labels.shape[0]], dev)
-            with ctx.autocast():
-                if self.teacher is not None and self.cache is None:
-                    with torch.no_grad():
-                        t_logits = self.teacher(x)
-                s_logits = self.forward(x)
-            try:
-                out = self.loss(s_logits, t_logits, y, epoch=epoch + step / self.steps)
-            except ValueError as exc:
-                if not bool(torch.isfinite(s_logits).all()):
-                    # A NaN loss at an earlier step poisoned the weights: report that step.
-                    bad_step = int(first_bad)
-                    what = (
-                        "the loss is NaN/Inf"
-                        if bad_step >= 0
-                        else "the student's logits are NaN/Inf"
-                    )
-                    raise self._diverged(epoch, bad_step if bad_step >= 0 else step, what) from None
-                raise ValueError(f"epoch {epoch + 1}, step {step + 1}: {exc}") from exc
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out.total).backward()
-            if self.loss_params:  # DDP averages the model's gradients, this the loss module's
-                distributed.average_gradients(self.loss_params)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.schedule.step()
-
-            total = out.total.detach()
-            bad = ~torch.isfinite(total)
-            first_bad = torch.where(
-                bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad
-            )
             n = int(labels.shape[0])
             seen += n
-            values = {
-                "loss": total,
-                "top1": (s_logits.detach().argmax(1) == y).float().mean() * 100.0,
-            }
-            values.update({f"term/{k}": v for k, v in out.terms.items()})
-            values.update({f"stat/{k}": v for k, v in out.stat_tensors.items()})
-            sums.add(values, n)
+            if skip_mode:
+                out = self._guarded_step(x, t_logits, y, epoch, step)
+                if out is None:
+                    skipped += 1
+            else:
+                out = self._step(x, t_logits, y, epoch, step, first_bad)
+            if out is not None:
+                out, s_logits = out
+                total = out.total.detach()
+                bad = ~torch.isfinite(total)
+                first_bad = torch.where(
+                    bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad
+                )
+                values = {
+                    "loss": total,
+                    "top1": (s_logits.detach().argmax(1) == y).float().mean() * 100.0,
+                }
+                values.update({f"term/{k}": v for k, v in out.terms.items()})
+                values.update({f"stat/{k}": v for k, v in out.stat_tensors.items()})
+                sums.add(values, n)
             if (step + 1) % cfg.runtime.log_every == 0 or step + 1 == self.steps:
                 # device sync (and, data-parallel, two small collectives) every log_every steps:
                 # every rank learns of a NaN on any rank and stops at the same point
                 bad_step = int(distributed.all_reduce_max(first_bad.clone()))
                 if bad_step >= 0:
                     raise self._diverged(epoch, bad_step, "the loss is NaN/Inf")
-                means = sums.means(self.reduce)
-                if ctx.is_main:
+                means = sums.means(self.reduce)  # empty while every step so far was skipped
+                if ctx.is_main and means:
                     _report(
                         bar,
                         epoch,
@@ -477,6 +572,11 @@ class _Run:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if skipped and skipped >= self.steps:
+            raise TrainingDivergedError(
+                f"training diverged at epoch {epoch + 1}: all {self.steps} steps had NaN/Inf "
+                f"values and were skipped (runtime.nonfinite=skip); {self._kept()}"
+            )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         elapsed = time.perf_counter() - t0
@@ -488,11 +588,121 @@ class _Run:
         distributed.broadcast_buffers(self.loss)
         out_row = {"lr": lr0, "train/loss": means.pop("loss"), "train/top1": means.pop("top1")}
         out_row.update({f"train/{k}": v for k, v in means.items()})
+        if skip_mode:
+            out_row["train/skipped_steps"] = skipped
         images = seen * ctx.world_size  # every rank sees as many samples
         out_row.update(
             {"time/epoch_s": elapsed, "time/images_per_s": images / max(elapsed, 1e-9)}
         )
         return out_row
+
+    def _forward(self, x: Tensor, t_logits: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Student logits (and the live teacher's, unless they come from the cache)."""
+        with self.ctx.autocast():
+            if self.teacher is not None and self.cache is None:
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+            return self.forward(x), t_logits
+
+    def _backward(self, total: Tensor) -> None:
+        """Gradients of ``total`` (DDP averages the model's; the loss module's are averaged here)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.loss_params:
+            distributed.average_gradients(self.loss_params)
+
+    def _apply(self) -> None:
+        """The optimizer step (through the fp16 scaler, if on) and the next learning rate."""
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+
+    def _step(
+        self,
+        x: Tensor,
+        t_logits: Tensor | None,
+        y: Tensor,
+        epoch: int,
+        step: int,
+        first_bad: Tensor,
+    ) -> tuple[Any, Tensor]:
+        """One training step, ``runtime.nonfinite='stop'``: NaN is detected without a sync."""
+        s_logits, t_logits = self._forward(x, t_logits)
+        try:
+            out = self.loss(s_logits, t_logits, y, epoch=epoch + step / self.steps)
+        except ValueError as exc:
+            if not bool(torch.isfinite(s_logits).all()):
+                # A NaN loss at an earlier step poisoned the weights: report that step.
+                bad_step = int(first_bad)
+                what = (
+                    "the loss is NaN/Inf" if bad_step >= 0 else "the student's logits are NaN/Inf"
+                )
+                raise self._diverged(epoch, bad_step if bad_step >= 0 else step, what) from None
+            raise ValueError(f"epoch {epoch + 1}, step {step + 1}: {exc}") from exc
+        self._backward(out.total)
+        self._apply()
+        return out, s_logits
+
+    def _guarded_step(
+        self, x: Tensor, t_logits: Tensor | None, y: Tensor, epoch: int, step: int
+    ) -> tuple[Any, Tensor] | None:
+        """One step, ``runtime.nonfinite='skip'``: ``None`` if it was skipped.
+
+        A step is skipped — no optimizer update, BatchNorm and loss buffers restored to their
+        values before it — when the student's logits, the loss or (without fp16 loss scaling,
+        which has its own skipping) a gradient is NaN/Inf. That costs a device sync per step,
+        and a collective per check when data-parallel, so that every rank skips together.
+        """
+        buffers = [b.detach().clone() for m in (self.model, self.loss) for b in m.buffers()]
+
+        def skip(what: str) -> None:
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(
+                    (b for m in (self.model, self.loss) for b in m.buffers()), buffers
+                ):
+                    b.copy_(saved)
+            self.schedule.step()  # the schedule counts iterations, skipped ones included
+            logger.warning(
+                "epoch %d, step %d/%d: %s; step skipped (runtime.nonfinite=skip)",
+                epoch + 1,
+                step + 1,
+                self.steps,
+                what,
+            )
+
+        s_logits, t_logits = self._forward(x, t_logits)
+        if self._any_rank(~torch.isfinite(s_logits.detach()).all()):
+            skip("the student's logits are NaN/Inf")
+            return None
+        try:
+            out = self.loss(s_logits, t_logits, y, epoch=epoch + step / self.steps)
+        except ValueError as exc:  # not a NaN in the student: bad data or a broken teacher
+            raise ValueError(f"epoch {epoch + 1}, step {step + 1}: {exc}") from exc
+        if self._any_rank(~torch.isfinite(out.total.detach())):
+            skip("the loss is NaN/Inf")
+            return None
+        self._backward(out.total)
+        if not self.scaler.is_enabled():
+            grads = [
+                p.grad
+                for group in self.optimizer.param_groups
+                for p in group["params"]
+                if p.grad is not None
+            ]
+            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else None
+            if finite is not None and self._any_rank(~finite):
+                skip("a gradient is NaN/Inf")
+                return None
+        self._apply()
+        return out, s_logits
+
+    def _any_rank(self, flag: Tensor) -> bool:
+        """``flag`` (a 0-d bool tensor) on this rank or, data-parallel, on any rank."""
+        value = flag.to(torch.long).reshape(())
+        if self.ctx.distributed:
+            value = distributed.all_reduce_max(value.clone())
+        return bool(value)
 
     def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """The training transform of this rank's batch ``x`` (already on the device).
@@ -511,17 +721,29 @@ class _Run:
         x = tf.apply_params(x, top[mine], left[mine], flip[mine])
         return self.eval_tf(x)  # normalisation only: an evaluation transform never augments
 
-    def _diverged(self, epoch: int, step: int, what: str) -> TrainingDivergedError:
+    def _kept(self) -> str:
+        """What the run folder still holds (for error messages)."""
         last = self.run_dir / "last.pt"
-        kept = (
-            f"the last good checkpoint {last} is untouched"
-            if last.exists()
-            else "no checkpoint was written"
-        )
+        if self.saved_epoch > 0 and last.exists():
+            return f"the last good checkpoint {last} (epoch {self.saved_epoch}) is untouched"
+        return "no checkpoint was written"
+
+    def _diverged(self, epoch: int, step: int, what: str) -> TrainingDivergedError:
         return TrainingDivergedError(
             f"training diverged at epoch {epoch + 1}, step {step + 1} of {self.steps}: "
-            f"{what}; {kept}. "
-            "Try a lower solver.lr, more warm-up (solver.warmup_epochs), or runtime.amp=off."
+            f"{what}; {self._kept()}. "
+            "Try a lower solver.lr, more warm-up (solver.warmup_epochs) or runtime.amp=off, or "
+            "continue with --resume runtime.nonfinite=skip to skip such steps."
+        )
+
+    def write_failed(self, exc: OSError) -> OSError:
+        """A failed write of the run folder, with what is kept and how to continue."""
+        where = f"cannot write {exc.filename}: " if exc.filename else ""
+        then = "continue the run with --resume" if self.saved_epoch else "start the run again"
+        return OSError(
+            exc.errno,
+            f"{where}{exc.strerror or exc}; {self._kept()}. Free disk space or make the folder "
+            f"writable, then {then}",
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -624,8 +846,12 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
 
     Raises:
         ConfigError / ValueError: bad configuration, data, or teacher (before training starts).
-        RunFolderError: the run folder exists without ``resume`` (or has nothing to resume).
-        TrainingDivergedError: the loss became NaN/Inf (``last.pt`` keeps the last good epoch).
+        RunFolderError: the run folder exists without ``resume``, has nothing to resume, or its
+            ``last.pt`` is corrupt or incomplete (the message says how to recover).
+        TrainingDivergedError: the loss became NaN/Inf (``last.pt`` keeps the last good epoch);
+            with ``runtime.nonfinite='skip'``, only when every step of an epoch was skipped.
+        OSError: the run folder cannot be written (full disk, read-only); the message names
+            the file and the epoch that ``last.pt`` still holds.
     """
     validate_config(cfg)
     t_start = time.perf_counter()
@@ -723,16 +949,27 @@ def _train_loop(
         rng_ranks = distributed.gather_object(capture_rng_state())  # a collective: all ranks
         if ctx.is_main:
             state = run._state(epoch + 1, row, wall, rng_ranks)
-            atomic_save(state, run_dir / "last.pt")
-            if improved:
-                atomic_save(state, run_dir / "best.pt")
             assert mlog is not None
-            mlog.write(row)
+            # Order matters for a kill between two writes: the metrics row first (a resume
+            # drops rows newer than last.pt), then last.pt, then best.pt (a resume finds last.pt
+            # naming itself the best epoch and restores a best.pt that missed it; see
+            # _restore_best).
+            try:
+                mlog.write(row)
+                save_checkpoint(state, run_dir / "last.pt")
+                run.saved_epoch = epoch + 1
+                if improved:
+                    save_checkpoint(state, run_dir / "best.pt")
+            except OSError as exc:
+                raise run.write_failed(exc) from None
             logger.info("epoch %d/%d: %s", epoch + 1, cfg.solver.epochs, _brief(row))
         done = epoch + 1
     summary = _summary(run, done, last, run.wall_before + time.perf_counter() - t_start)
     if ctx.is_main:
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+        try:
+            atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+        except OSError as exc:
+            raise run.write_failed(exc) from None
     return summary
 
 
