@@ -136,8 +136,9 @@ def evaluate_checkpoint(
     Returns ``{"top1","top5","loss","nll","ece","n","split","epoch","checkpoint"}``.
     """
     from .config import ConfigError, apply_overrides, config_from_dict, validate_config
-    from .data import build_data, make_batch_transform, make_loader
+    from .data import make_batch_transform, make_loader
     from .engine import evaluate, load_checkpoint, resolve_device
+    from .engine.trainer import run_data
     from .models import build_model, load_checkpoint_weights
 
     ckpt = load_checkpoint(path)
@@ -152,15 +153,7 @@ def evaluate_checkpoint(
         cfg.data.eval_batch_size = batch_size
     validate_config(cfg, registries=False)
     d = cfg.data
-    bundle = build_data(
-        d.name,
-        d.root,
-        val_split=d.val_split,
-        seed=cfg.experiment.seed,
-        subset=d.subset,
-        augment=d.augment,
-        image_size=d.image_size,
-    )
+    bundle = run_data(cfg)
     if bundle.num_classes != int(ckpt["num_classes"]):
         raise ValueError(
             f"class-count mismatch: checkpoint {path} has {ckpt['num_classes']} classes, "
@@ -367,13 +360,30 @@ def _cmd_demo(argv: list[str]) -> int:
 
 
 # ----------------------------------------------------------------------------- main
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    A plain StreamHandler keeps the stream it was built with; when the caller later replaces
+    ``sys.stderr`` (pytest's capture, notebooks, a second ``main()`` call in one process) it would
+    write to a closed stream.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - set by StreamHandler.__init__, ignored
+        pass
+
+
 def _setup_logging() -> None:
     log = logging.getLogger("lud")
     if not any(
         isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
         for h in log.handlers
     ):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("[lud] %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)

@@ -41,7 +41,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,9 @@ from .seeding import (
 )
 from .teacher import TeacherLogitCache, build_teacher
 
+if TYPE_CHECKING:
+    from ..data import DataBundle
+
 __all__ = ["RunFolderError", "TrainingDivergedError", "run_dir_of", "train"]
 
 # Config entries that must not change between a checkpoint and the run resuming it.
@@ -111,6 +114,15 @@ class RunFolderError(ValueError):
 def run_dir_of(cfg: Config) -> Path:
     """``experiment.output_dir / experiment.name``."""
     return Path(cfg.experiment.output_dir).expanduser() / cfg.experiment.name
+
+
+def run_data(cfg: Config) -> DataBundle:
+    """The data a run config describes (the same splits training saw, for a given seed)."""
+    from ..data import build_data
+
+    d = cfg.data
+    return build_data(d.name, d.root, val_split=d.val_split, seed=cfg.experiment.seed,
+                      subset=d.subset, augment=d.augment, image_size=d.image_size)
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -272,7 +284,7 @@ class _Run:
             raise
 
     def _build(self, cfg: Config, resume: bool) -> None:
-        from ..data import build_data, make_batch_transform, make_loader
+        from ..data import make_batch_transform, make_loader
         from ..data.bundle import ArrayDataset
         from ..losses import build_loss
         from ..models import build_model
@@ -300,15 +312,7 @@ class _Run:
         dev = self.ctx.device
         d, r = cfg.data, cfg.runtime
 
-        self.bundle = build_data(
-            d.name,
-            d.root,
-            val_split=d.val_split,
-            seed=cfg.experiment.seed,
-            subset=d.subset,
-            augment=d.augment,
-            image_size=d.image_size,
-        )
+        self.bundle = run_data(cfg)
         nc, shape = self.bundle.num_classes, tuple(self.bundle.input_shape)
         if r.teacher_cache and self.bundle.augment != "none":
             raise ConfigError(teacher_cache_error(self.bundle.augment))
