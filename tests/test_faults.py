@@ -26,13 +26,11 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
+from conftest import kd_project
 
 from lud import bench
 from lud.cli import main
-from lud.config import config_from_dict
-from lud.data import write_cifar_like
-from lud.engine import load_checkpoint, train
+from lud.engine import load_checkpoint
 from lud.engine.runlog import read_metrics
 
 torch.set_num_threads(1)  # the same thread count as the killed processes: bitwise-equal runs
@@ -47,45 +45,10 @@ EPOCHS = 3
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Data, a trained MLP teacher, a KD config (cnn_small with BatchNorm, augmentation, a
     validation split, cosine schedule with warm-up) and its uninterrupted reference run."""
-    root = tmp_path_factory.mktemp("faults")
-    write_cifar_like(root / "data", num_classes=10, n_train=192, n_test=64, seed=0)
-    data = {
-        "name": "cifar10",
-        "root": str(root / "data"),
-        "batch_size": 32,
-        "eval_batch_size": 32,
-        "val_split": 0.25,
-    }
-    runtime = {"progress": False, "tensorboard": False, "log_every": 2}
-    train(
-        config_from_dict(
-            {
-                "experiment": {"name": "teacher", "output_dir": str(root / "runs")},
-                "data": {**data, "augment": "none"},
-                "model": {"name": "mlp"},
-                "solver": {"epochs": 1, "lr": 0.05, "milestones": []},
-                "runtime": runtime,
-            }
-        )
-    )
-    student = {
-        "experiment": {"output_dir": str(root / "runs"), "seed": 5},
-        "data": data,
-        "model": {"name": "cnn_small"},
-        "teacher": {"name": "mlp", "checkpoint": str(root / "runs" / "teacher" / "best.pt")},
-        "loss": {"name": "kd"},
-        "solver": {
-            "epochs": EPOCHS,
-            "lr": 0.05,
-            "schedule": "cosine",
-            "warmup_epochs": 1,
-            "milestones": [],
-        },
-        "runtime": runtime,
-    }
-    (root / "kd.yaml").write_text(yaml.safe_dump(student))
-    assert main(["train", str(root / "kd.yaml"), "--name", "ref"]) == 0
-    return {"root": root, "config": root / "kd.yaml", "runs": root / "runs"}
+    solver = {"epochs": EPOCHS, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 1,
+              "milestones": []}
+    return kd_project(tmp_path_factory.mktemp("faults"), n_train=192, eval_batch_size=32, seed=5,
+                      solver=solver)
 
 
 def kill_at(args: list[str], point: str, tmp: Path) -> None:

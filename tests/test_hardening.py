@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import kd_project
 from torch import nn
 
 import lud.data
@@ -39,44 +40,9 @@ STEPS = 3  # 128 training images less a 25 % val split, batches of 32
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """10-class data, an MLP teacher, a KD config for cnn_small (BatchNorm) and a finished run."""
-    root = tmp_path_factory.mktemp("hardening")
-    write_cifar_like(root / "d10", num_classes=10, n_train=128, n_test=64, seed=0)
-    data = {
-        "name": "cifar10",
-        "root": str(root / "d10"),
-        "batch_size": 32,
-        "eval_batch_size": 64,
-        "val_split": 0.25,
-    }
-    runtime = {"progress": False, "tensorboard": False, "log_every": 2}
-    train(
-        config_from_dict(
-            {
-                "experiment": {"name": "teacher", "output_dir": str(root / "runs")},
-                "data": {**data, "augment": "none"},
-                "model": {"name": "mlp"},
-                "solver": {"epochs": 1, "lr": 0.05, "milestones": []},
-                "runtime": runtime,
-            }
-        )
-    )
-    student = {
-        "experiment": {"output_dir": str(root / "runs"), "seed": 2},
-        "data": data,
-        "model": {"name": "cnn_small"},
-        "teacher": {"name": "mlp", "checkpoint": str(root / "runs" / "teacher" / "best.pt")},
-        "loss": {"name": "kd"},
-        "solver": {"epochs": 2, "lr": 0.05, "schedule": "constant", "milestones": []},
-        "runtime": runtime,
-    }
-    (root / "kd.yaml").write_text(yaml.safe_dump(student))
-    assert main(["train", str(root / "kd.yaml"), "--name", "ref"]) == 0
-    return {
-        "root": root,
-        "config": root / "kd.yaml",
-        "runs": root / "runs",
-        "teacher": root / "runs" / "teacher" / "best.pt",
-    }
+    solver = {"epochs": 2, "lr": 0.05, "schedule": "constant", "milestones": []}
+    return kd_project(tmp_path_factory.mktemp("hardening"), n_train=128, eval_batch_size=64, seed=2,
+                      solver=solver)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
