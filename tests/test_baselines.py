@@ -493,3 +493,10 @@ def test_unknown_parameter_rejected(name):
 def test_bad_parameters_rejected(name, params, problem):
     with pytest.raises(ValueError, match=problem):
         build_loss(name, **params)
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "ctkd", "mlkd", "lud"])
+def test_standardize_flag_must_be_a_bool(name: str) -> None:
+    # bool("false") is True: a string that slipped through a config must not switch it on.
+    with pytest.raises(ValueError, match="standardize must be a bool"):
+        build_loss(name, standardize="false")

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .params import check_bool
+
 __all__ = ["LossOutput", "DistillationLoss", "validate_logits"]
 
 
@@ -137,8 +139,7 @@ class DistillationLoss(nn.Module):
 
     def __init__(self, validate: bool = True, gather: bool = False) -> None:
         super().__init__()
-        if not isinstance(gather, bool):
-            raise ValueError(f"gather must be a bool, got {gather!r}")  # noqa: TRY004
+        check_bool("gather", gather)
         self.validate = validate
         self.gather = gather
 

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DistillationLoss, LossOutput
-from .kd import kd_divergence, non_negative_param, positive_param
+from .kd import kd_divergence
+from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss
 from .standardize import standardize_logits
 
@@ -115,7 +116,7 @@ class CTKDLoss(DistillationLoss):
         self.lambda_max = non_negative_param("lambda_max", lambda_max)
         self.ce_weight = non_negative_param("ce_weight", ce_weight)
         self.kd_weight = non_negative_param("kd_weight", kd_weight)
-        self.standardize = bool(standardize)
+        self.standardize = check_bool("standardize", standardize)
         self.theta = nn.Parameter(torch.tensor(theta0, dtype=torch.float32))
 
     @property

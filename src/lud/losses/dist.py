@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DistillationLoss, LossOutput
-from .kd import non_negative_param, positive_param
+from .params import non_negative_param, positive_param
 from .registry import register_loss
 
 __all__ = ["DISTLoss", "dist_relations", "pearson_rows"]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DistillationLoss, LossOutput
-from .kd import non_negative_param, positive_param
+from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss
 from .standardize import standardize_logits
 
@@ -121,7 +121,7 @@ class DKDLoss(DistillationLoss):
         self.beta = non_negative_param("beta", beta)
         self.ce_weight = non_negative_param("ce_weight", ce_weight)
         self.warmup = non_negative_param("warmup", warmup)
-        self.standardize = bool(standardize)
+        self.standardize = check_bool("standardize", standardize)
 
     def compute(
         self,

@@ -10,13 +10,12 @@ This module also holds the small parameter checks shared by the baseline losses.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DistillationLoss, LossOutput
+from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss
 from .standardize import standardize_logits
 
@@ -25,31 +24,7 @@ __all__ = [
     "KDLoss",
     "kd_divergence",
     "kl_per_sample",
-    "non_negative_param",
-    "positive_param",
 ]
-
-
-def positive_param(name: str, value: float) -> float:
-    """``value`` as a float; ``ValueError`` naming ``name`` unless it is finite and > 0."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
-
-
-def non_negative_param(name: str, value: float) -> float:
-    """``value`` as a float; ``ValueError`` naming ``name`` unless it is finite and >= 0."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
 
 
 def _temperature(temperature: float | Tensor, batch: int) -> float | Tensor:
@@ -122,7 +97,7 @@ class KDLoss(DistillationLoss):
         self.temperature = positive_param("temperature", temperature)
         self.ce_weight = non_negative_param("ce_weight", ce_weight)
         self.kd_weight = non_negative_param("kd_weight", kd_weight)
-        self.standardize = bool(standardize)
+        self.standardize = check_bool("standardize", standardize)
 
     def compute(
         self,

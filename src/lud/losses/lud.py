@@ -115,6 +115,7 @@ from torch import Tensor
 
 from .. import ranking
 from .base import DistillationLoss, LossOutput
+from .params import check_bool, check_choice, check_number
 from .registry import register_loss, suggest
 from .standardize import standardize_logits
 
@@ -440,25 +441,6 @@ def instance_kl(
 
 
 # --------------------------------------------------------------------------- module
-def _check_choice(name: str, value: object, valid: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in valid:
-        hint = suggest(str(value), valid)
-        raise ValueError(f"{name} must be one of {valid}, got {value!r}.{hint}")
-
-
-def _check_number(name: str, value: object, *, low: float, high: float = math.inf,
-                  low_open: bool = False, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    v = float(value)
-    bad_low = v <= low if low_open else v < low
-    bad_high = v >= high if high_open else v > high
-    if bad_low or bad_high:
-        lb, hb = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must lie in {lb}{low}, {high}{hb}, got {value!r}")
-    return v
-
-
 @register_loss("lud")
 class LUDLoss(DistillationLoss):
     """Logits Uncertainty Distillation; see the module docstring for every option's rationale.
@@ -525,46 +507,45 @@ class LUDLoss(DistillationLoss):
         gather: bool = False,
     ) -> None:
         super().__init__(validate=validate, gather=gather)
-        self.ce_weight = _check_number("ce_weight", ce_weight, low=0.0)
-        self.instance_weight = _check_number("instance_weight", instance_weight, low=0.0)
-        self.cdl_weight = _check_number("cdl_weight", cdl_weight, low=0.0)
-        self.sdl_weight = _check_number("sdl_weight", sdl_weight, low=0.0)
+        self.ce_weight = check_number("ce_weight", ce_weight, low=0.0)
+        self.instance_weight = check_number("instance_weight", instance_weight, low=0.0)
+        self.cdl_weight = check_number("cdl_weight", cdl_weight, low=0.0)
+        self.sdl_weight = check_number("sdl_weight", sdl_weight, low=0.0)
         if not (self.ce_weight or self.instance_weight or self.cdl_weight or self.sdl_weight):
             raise ValueError("ce_weight, instance_weight, cdl_weight and sdl_weight are all 0: "
                              "nothing to compute")
-        self.temperature = _check_number("temperature", temperature, low=0.0, low_open=True)
-        self.t_min = _check_number("t_min", t_min, low=0.0, low_open=True)
-        self.t_max = _check_number("t_max", t_max, low=0.0, low_open=True)
+        self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
+        self.t_min = check_number("t_min", t_min, low=0.0, low_open=True)
+        self.t_max = check_number("t_max", t_max, low=0.0, low_open=True)
         if self.t_min > self.t_max:
             raise ValueError(f"t_min must not exceed t_max, got t_min={t_min} > t_max={t_max}")
-        _check_choice("dynamic_temperature", dynamic_temperature, _TEMP_MODES)
-        _check_choice("temperature_map", temperature_map, _TEMP_MAPS)
-        _check_choice("mask_direction", mask_direction, _DIRECTIONS)
-        _check_choice("threshold", threshold, _THRESHOLDS)
-        _check_choice("mask_type", mask_type, _MASK_TYPES)
-        _check_choice("gram_reduction", gram_reduction, _REDUCTIONS)
-        _check_choice("rank_method", rank_method, _RANK_METHODS)
-        _check_choice("rank_backend", rank_backend, _BACKENDS)
+        check_choice("dynamic_temperature", dynamic_temperature, _TEMP_MODES)
+        check_choice("temperature_map", temperature_map, _TEMP_MAPS)
+        check_choice("mask_direction", mask_direction, _DIRECTIONS)
+        check_choice("threshold", threshold, _THRESHOLDS)
+        check_choice("mask_type", mask_type, _MASK_TYPES)
+        check_choice("gram_reduction", gram_reduction, _REDUCTIONS)
+        check_choice("rank_method", rank_method, _RANK_METHODS)
+        check_choice("rank_backend", rank_backend, _BACKENDS)
         if rank_backend == "torchsort" and "torchsort" not in ranking.available_backends():
             raise ValueError("rank_backend='torchsort' but torchsort is not importable; install it "
                              "(see lud.ranking) or use rank_backend='auto'")
-        _check_choice("teacher_rank", teacher_rank, _TEACHER_RANKS)
+        check_choice("teacher_rank", teacher_rank, _TEACHER_RANKS)
         self.dynamic_temperature, self.temperature_map = dynamic_temperature, temperature_map
         self.mask_direction, self.threshold, self.mask_type = mask_direction, threshold, mask_type
         self.gram_reduction, self.rank_method = gram_reduction, rank_method
         self.rank_backend, self.teacher_rank = rank_backend, teacher_rank
-        self.quantile = _check_number("quantile", quantile, low=0.0, high=1.0)
-        self.threshold_momentum = _check_number("threshold_momentum", threshold_momentum,
+        self.quantile = check_number("quantile", quantile, low=0.0, high=1.0)
+        self.threshold_momentum = check_number("threshold_momentum", threshold_momentum,
                                                 low=0.0, high=1.0, high_open=True)
-        self.fixed_threshold = _check_number("fixed_threshold", fixed_threshold, low=0.0, high=1.0)
-        self.mask_softness = _check_number("mask_softness", mask_softness, low=0.0, low_open=True)
-        self.rank_strength = _check_number("rank_strength", rank_strength, low=0.0, low_open=True)
+        self.fixed_threshold = check_number("fixed_threshold", fixed_threshold, low=0.0, high=1.0)
+        self.mask_softness = check_number("mask_softness", mask_softness, low=0.0, low_open=True)
+        self.rank_strength = check_number("rank_strength", rank_strength, low=0.0, low_open=True)
         flags = {"sample_mask": sample_mask, "class_mask": class_mask,
                  "instance_mask": instance_mask, "uncertainty_weighting": uncertainty_weighting,
                  "standardize": standardize}
         for name, flag in flags.items():
-            if not isinstance(flag, bool):  # the project raises ValueError for every bad argument
-                raise ValueError(f"{name} must be a bool, got {flag!r}")  # noqa: TRY004
+            check_bool(name, flag)
         self.sample_mask, self.class_mask = sample_mask, class_mask
         self.instance_mask = instance_mask
         self.uncertainty_weighting, self.standardize = uncertainty_weighting, standardize

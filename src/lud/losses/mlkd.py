@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DistillationLoss, LossOutput
-from .kd import kl_per_sample, non_negative_param, positive_param
+from .kd import kl_per_sample
+from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss, suggest
 from .standardize import standardize_logits
 
@@ -145,7 +146,7 @@ class MLKDLoss(DistillationLoss):
                 f"unknown mask_mode '{mask_mode}'.{suggest(str(mask_mode), MASK_MODES)}"
             )
         self.mask_mode = mask_mode
-        self.standardize = bool(standardize)
+        self.standardize = check_bool("standardize", standardize)
 
     def compute(
         self,
