@@ -635,14 +635,18 @@ class LUDLoss(DistillationLoss):
         rkw = {"reduction": self.gram_reduction, "method": self.rank_method,
                "strength": self.rank_strength, "backend": self.rank_backend,
                "teacher_rank": self.teacher_rank}
+        if self.cdl_weight > 0 or self.sdl_weight > 0:
+            # one softmax per side for both Gram matrices (the standalone
+            # category_/sample_spearman_loss functions each compute their own)
+            ps, pt = _probs(zs, temp), _probs(zt, temp)
         if self.cdl_weight > 0:
             w = v * (cmask if self.class_mask else ones_c)
-            loss, rho = category_spearman_loss(zs, zt, temp, w, **rkw)  # type: ignore[arg-type]
+            loss, rho = gram_correlation_loss(ps.t() @ ps, pt.t() @ pt, w, **rkw)  # type: ignore[arg-type]
             terms["cdl"] = self.cdl_weight * loss
             stats["rho_cdl"] = rho
         if self.sdl_weight > 0:
             w = u * (smask if self.sample_mask else ones_s)
-            loss, rho = sample_spearman_loss(zs, zt, temp, w, **rkw)  # type: ignore[arg-type]
+            loss, rho = gram_correlation_loss(ps @ ps.t(), pt @ pt.t(), w, **rkw)  # type: ignore[arg-type]
             terms["sdl"] = self.sdl_weight * loss
             stats["rho_sdl"] = rho
 
