@@ -369,6 +369,10 @@ class _Run:
         if r.sync_bn and self.ctx.distributed:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.loss = build_loss(cfg.loss.name, **cfg.loss.params).to(dev)
+        # The loss's input validation reads values back from the device (target range, NaN).
+        # Shapes, class counts and targets are checked on the first step; after that a NaN is
+        # caught by the trainer's own sync-free tracking (train_epoch), not once per step.
+        self.inputs_checked = False
         self.teacher: nn.Module | None = None
         if self.loss.requires_teacher:
             self.teacher = build_teacher(cfg.teacher, nc, shape, self.ctx)  # type: ignore[arg-type]
@@ -514,6 +518,7 @@ class _Run:
         bs = self.train_loader.batch_size
         sums = RunningSums(dev)
         first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        bad_logits = torch.zeros((), dtype=torch.bool, device=dev)  # at first_bad: logits NaN?
         skip_mode = cfg.runtime.nonfinite == "skip"
         skipped = 0
         bar = _progress(cfg, ctx, epoch, self.steps)
@@ -543,9 +548,10 @@ class _Run:
             if out is not None:
                 out, s_logits = out
                 total = out.total.detach()
-                bad = ~torch.isfinite(total)
-                first_bad = torch.where(
-                    bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad
+                newly_bad = ~torch.isfinite(total) & (first_bad < 0)
+                first_bad = torch.where(newly_bad, torch.full_like(first_bad, step), first_bad)
+                bad_logits = torch.where(
+                    newly_bad, ~torch.isfinite(s_logits.detach()).all(), bad_logits
                 )
                 values = {
                     "loss": total,
@@ -559,7 +565,9 @@ class _Run:
                 # every rank learns of a NaN on any rank and stops at the same point
                 bad_step = int(distributed.all_reduce_max(first_bad.clone()))
                 if bad_step >= 0:
-                    raise self._diverged(epoch, bad_step, "the loss is NaN/Inf")
+                    what = ("the student's logits are NaN/Inf" if bool(bad_logits)
+                            else "the loss is NaN/Inf")
+                    raise self._diverged(epoch, bad_step, what)
                 means = sums.means(self.reduce)  # empty while every step so far was skipped
                 if ctx.is_main and means:
                     _report(
@@ -632,8 +640,10 @@ class _Run:
     ) -> tuple[Any, Tensor]:
         """One training step, ``runtime.nonfinite='stop'``: NaN is detected without a sync."""
         s_logits, t_logits = self._forward(x, t_logits)
+        self.loss.validate = not self.inputs_checked
         try:
             out = self.loss(s_logits, t_logits, y, epoch=epoch + step / self.steps)
+            self.inputs_checked = True
         except ValueError as exc:
             if not bool(torch.isfinite(s_logits).all()):
                 # A NaN loss at an earlier step poisoned the weights: report that step.
