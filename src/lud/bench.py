@@ -36,7 +36,6 @@ import copy
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -444,6 +443,11 @@ def _base_config(config: str | os.PathLike[str], overrides: Sequence[str]) -> Co
             "loss parameters with --method-params (e.g. lud.cdl_weight=2)"
         )
     base = load_config(config, list(overrides), validate=False)
+    if not base.data.eval_test:
+        raise ConfigError(
+            "data.eval_test=false: a benchmark reports test accuracy; tune on the validation "
+            "split with `lud tune` instead"
+        )
     if base.teacher.checkpoint:
         base.teacher.checkpoint = str(Path(base.teacher.checkpoint).expanduser().resolve())
     return base
@@ -604,15 +608,6 @@ def _default_log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f}min"
-    return f"{seconds / 3600:.1f}h"
-
-
 # Looked up at call time so that tests can count or interrupt training.
 def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     from .engine import train as _train
@@ -630,6 +625,7 @@ def run_bench(
     method_params: Mapping[str, Mapping[str, Any]] | Sequence[str] | str | None = None,
     ablate: str | None = None,
     retry_failed: bool = False,
+    jobs: int = 1,
     log: Callable[[str], None] | None = _default_log,
 ) -> Any:
     """Train every (method, seed) run that is not done yet and write the tables.
@@ -645,15 +641,17 @@ def run_bench(
             :func:`parse_method_params`.
         ablate: ``"lud"``: also run LUD with each part switched off in turn.
         retry_failed: train runs marked as diverged again.
+        jobs: runs trained side by side (worker processes, threads shared out;
+            :mod:`lud.scheduler`).
         log: progress messages (``None``: silent).
 
     Returns:
         The :class:`lud.bench_results.BenchResult` (rows of ``results.csv`` and the markdown).
     """
     from .bench_results import collect_results, write_results
-    from .calibration import evaluate_run, evaluate_teacher
-    from .engine import TrainingDivergedError
+    from .calibration import evaluate_teacher
     from .engine.checkpoint import atomic_write_text, remove_stale_temp_files
+    from .scheduler import RunOutcome, RunTask, execute_runs
 
     say = log or (lambda _m: None)
     plan = plan_bench(
@@ -676,36 +674,37 @@ def run_bench(
         f"{total} runs in {plan.bench_dir}: {total - len(todo)} already done or failed, "
         f"{len(todo)} to train"
     )
-    spent, epochs_trained = 0.0, 0
-    finished = total - len(todo)
-    for i, run in enumerate(todo):
-        epochs = run.config.solver.epochs
-        left = sum(r.config.solver.epochs - r.epochs_done for r in todo[i:])
-        eta = f", ETA {_duration(spent / epochs_trained * left)}" if epochs_trained else ""
-        what = "resuming" if run.status == "resume" else "training"
-        say(
-            f"[{finished}/{total} done{eta}] {what} {run.variant.label} seed {run.seed} "
-            f"({run.epochs_done}/{epochs} epochs done)"
-        )
+    tasks = []
+    for run in todo:
         if run.status == "failed":
             (run.run_dir / FAILED_FILE).unlink()
             run.status, run.epochs_done = run_status(run.run_dir)
-        t0 = time.perf_counter()
-        try:
-            summary = train(run.config, resume=run.status == "resume")
-        except TrainingDivergedError as exc:
-            atomic_write_text(json.dumps({"error": str(exc)}) + "\n", run.run_dir / FAILED_FILE)
-            say(f"{run.variant.label} seed {run.seed} diverged, skipped: {exc}")
-        else:
-            evaluate_run(run.run_dir)
-            say(
-                f"{run.variant.label} seed {run.seed}: best test top-1 "
-                f"{summary['best']['test_top1']:.2f}% ({_duration(summary['wall_time_s'])})"
+        tasks.append(
+            RunTask(
+                name=f"{run.variant.label} seed {run.seed}",
+                config=run.config,
+                resume=run.status == "resume",
+                epochs_left=run.config.solver.epochs - run.epochs_done,
+                evaluate=True,
             )
-        spent += time.perf_counter() - t0
-        epochs_trained += epochs - run.epochs_done
-        finished += 1
+        )
+
+    def done(outcome: RunOutcome) -> None:
+        if outcome.diverged is not None:
+            cfg = outcome.task.config
+            marker = Path(cfg.experiment.output_dir) / cfg.experiment.name / FAILED_FILE
+            atomic_write_text(json.dumps({"error": outcome.diverged}) + "\n", marker)
         write_results(collect_results(plan.bench_dir))  # partial tables survive an interruption
+
+    execute_runs(
+        tasks,
+        jobs=jobs,
+        train_fn=lambda cfg, resume=False: train(cfg, resume=resume),
+        on_done=done,
+        log=say,
+        done_before=total - len(todo),
+        total=total,
+    )
     result = collect_results(plan.bench_dir)
     write_results(result)
     say(f"{total}/{total} done; tables in {plan.bench_dir / 'results.md'}")

@@ -23,6 +23,7 @@ _COMMANDS = {
     "train": "train a model (a teacher with loss 'ce', or a student distilled from a teacher)",
     "eval": "evaluate a checkpoint: top-1, top-5, NLL, ECE",
     "bench": "benchmark methods side by side over seeds (and ablate LUD); write the tables",
+    "tune": "tune every method's loss parameters with the same budget on the validation split",
     "report": "plots and a Markdown page for a run folder or a benchmark folder",
     "list": "list registered losses, models and data sets",
     "demo": "run the built-in demonstration",
@@ -257,10 +258,21 @@ def _bench_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ablate", choices=("lud",), help="also run LUD with each part switched off")
     p.add_argument("--retry-failed", action="store_true", help="train diverged runs again")
+    _add_jobs(p)
     p.add_argument(
         "--dry-run", action="store_true", help="list the runs and their state; train nothing"
     )
     return p
+
+
+def _add_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained side by side, each in its own process with an equal share of the "
+        "CPU threads (default 1)",
+    )
 
 
 def _cmd_bench(argv: list[str]) -> int:
@@ -288,12 +300,53 @@ def _cmd_bench(argv: list[str]) -> int:
         args.overrides,
         args.output_dir,
         retry_failed=args.retry_failed,
+        jobs=args.jobs,
         **kwargs,
     )
     from .bench_results import markdown
 
     print(markdown(result, title=False, runs=False).rstrip())
     print(f"\ntables: {result.bench_dir / 'results.md'}, results.csv, runs.csv")
+    return 0
+
+
+def _tune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lud tune",
+        description=_COMMANDS["tune"],
+        epilog="Finished trials are never retrained: rerun the same command to resume. "
+        "Then: lud bench CONFIG --method-params TUNE_DIR/tuned.yaml",
+    )
+    p.add_argument("config", help="distillation config (YAML) with a validation split")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides (not loss.*)"
+    )
+    p.add_argument(
+        "--grid",
+        required=True,
+        help="YAML file: method → list of trials, or method → {param: [values]} (every "
+        "combination); every method must have the same number of trials",
+    )
+    p.add_argument(
+        "--seeds", default="0,", help="seeds per trial: a count or a list (default: 0,)"
+    )
+    p.add_argument(
+        "--output-dir", help="tuning folder (default: <experiment.output_dir>/tune-<name>)"
+    )
+    _add_jobs(p)
+    return p
+
+
+def _cmd_tune(argv: list[str]) -> int:
+    from .tune import run_tune
+
+    args = _tune_parser().parse_intermixed_args(argv)
+    results = run_tune(
+        args.config, args.grid, args.seeds, args.overrides, args.output_dir, jobs=args.jobs
+    )
+    for r in results:
+        if r.chosen:
+            print(f"{r.method:<8} trial {r.index}: val top-1 {r.score:.2f}  {r.params}")
     return 0
 
 
@@ -405,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _cmd_train,
         "eval": _cmd_eval,
         "bench": _cmd_bench,
+        "tune": _cmd_tune,
         "report": _cmd_report,
         "list": _cmd_list,
         "demo": _cmd_demo,

@@ -5,7 +5,7 @@ A run is described by one YAML file with the sections below (every key optional 
 
     experiment: {name, output_dir, seed, deterministic}
     data:       {name, root, val_split, subset, augment, batch_size, eval_batch_size,
-                 num_workers, image_size}
+                 num_workers, image_size, eval_test}
     model:      {name, kwargs}                   # the network being trained
     teacher:    {name, checkpoint, kwargs}       # name: null = no teacher
     loss:       {name, params}                   # build_loss(name, **params)
@@ -120,6 +120,9 @@ class DataConfig:
     eval_batch_size: int = 256
     num_workers: int = 0
     image_size: int | None = None
+    # False: the test set is never scored (hyper-parameter tuning must not see it);
+    # needs a validation split, which then picks best.pt.
+    eval_test: bool = True
 
 
 @dataclass
@@ -506,6 +509,10 @@ def validate_config(cfg: Config, *, registries: bool = True) -> None:
     _check(0 <= e.seed < 2**32, f"experiment.seed must be in [0, 2**32), got {e.seed}")
     _check(bool(d.name), "data.name is required (see `lud list datasets`)")
     _check(0.0 <= d.val_split < 1.0, f"data.val_split must be in [0, 1), got {d.val_split}")
+    _check(
+        d.eval_test or d.val_split > 0.0,
+        "data.eval_test=false needs a validation split (data.val_split > 0) to pick best.pt",
+    )
     _check(d.subset is None or d.subset >= 1, f"data.subset must be null or >= 1, got {d.subset}")
     _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
     _check(d.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {d.eval_batch_size}")

@@ -344,7 +344,7 @@ class _Run:
                 pin_memory=pin,
             )
             for split, ds in (("val", self.bundle.val), ("test", self.bundle.test))
-            if ds is not None
+            if ds is not None and (split != "test" or d.eval_test)
         }
         self.eval_counts = {
             split: distributed.shard_size(len(loader.dataset), rank, world)
@@ -925,18 +925,17 @@ def _train_loop(
             results = run.evaluate_splits()
             for split, res in results.items():
                 row.update({f"{split}/{k}": v for k, v in res.items() if k != "n"})
-            test1 = results["test"]["top1"]
-            run.max_test_top1 = (
-                test1 if run.max_test_top1 is None else max(run.max_test_top1, test1)
-            )
+            test = results.get("test", {})  # absent with data.eval_test=false
+            test1 = test.get("top1")
+            if test1 is not None:
+                run.max_test_top1 = (
+                    test1 if run.max_test_top1 is None else max(run.max_test_top1, test1)
+                )
             chosen = results[run.best_split]["top1"]
             improved = run.best["top1"] is None or chosen > run.best["top1"]
             if improved:
                 run.best.update(
-                    epoch=epoch + 1,
-                    top1=chosen,
-                    test_top1=test1,
-                    test_top5=results["test"]["top5"],
+                    epoch=epoch + 1, top1=chosen, test_top1=test1, test_top5=test.get("top5")
                 )
             last = {
                 "epoch": epoch + 1,
@@ -994,7 +993,7 @@ def _lookup_last(run_dir: Path, epoch: int) -> dict[str, Any]:
     if epoch == 0:
         return {}
     for row in reversed(read_metrics(run_dir / "metrics.jsonl")):
-        if row.get("epoch", 0) <= epoch and "test/top1" in row:
+        if row.get("epoch", 0) <= epoch and ("test/top1" in row or "val/top1" in row):
             return {
                 "epoch": row["epoch"],
                 **{
