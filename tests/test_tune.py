@@ -115,6 +115,7 @@ def test_selection_mean_over_seeds_ties_and_divergence(tmp_path: Path) -> None:
     assert [r.score for r in kd[:2]] == [75.0, 75.0] and kd[2].score == -math.inf
     assert [r.chosen for r in kd] == [True, False, False]  # a tie goes to the earlier trial
     assert [r.chosen for r in results if r.method == "dkd"] == [False, False, True]
+    assert [r.diverged for r in kd] == [0, 0, 1]
 
 
 # ----------------------------------------------------------------------------- lud tune

@@ -134,6 +134,7 @@ class TrialResult:
     val_top1: dict[int, float | None]
     wall_s: float
     chosen: bool = False
+    diverged: int = 0  # seeds whose loss went NaN/Inf (the others missing are not trained yet)
 
     @property
     def score(self) -> float:
@@ -193,7 +194,9 @@ def _write_tables(tune_dir: Path, results: list[TrialResult], seeds: list[int]) 
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "trial", "params", "val_top1_mean", "val_top1_std", "seeds", "chosen"])
+    w.writerow(
+        ["method", "trial", "params", "val_top1_mean", "val_top1_std", "seeds", "diverged", "chosen"]
+    )
     md = [
         "# Tuning on the validation split",
         "",
@@ -207,16 +210,18 @@ def _write_tables(tune_dir: Path, results: list[TrialResult], seeds: list[int]) 
         vals = [v for v in r.val_top1.values() if v is not None]
         mean = statistics.fmean(vals) if vals else None
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None
-        missing = len(r.val_top1) - len(vals)
+        waiting = len(r.val_top1) - len(vals) - r.diverged
         cell = "–" if mean is None else f"{mean:.2f}" + (f" ± {std:.2f}" if len(vals) > 1 else "")
-        if missing:
-            cell += f" ({missing} seed{'s' if missing > 1 else ''} missing/diverged)"
+        if r.diverged:
+            cell += f" (diverged: {r.diverged} seed{'s' if r.diverged > 1 else ''})"
+        if waiting:
+            cell += f" (not trained yet: {waiting} seed{'s' if waiting > 1 else ''})"
         params = json.dumps(r.params, sort_keys=True) if r.params else "(defaults)"
         md.append(
             f"| {r.method} | {r.index} | `{params}` | {cell} | {r.wall_s:.0f} | "
             f"{'✓' if r.chosen else ''} |"
         )
-        w.writerow([r.method, r.index, params, mean, std, len(vals), int(r.chosen)])
+        w.writerow([r.method, r.index, params, mean, std, len(vals), r.diverged, int(r.chosen)])
     atomic_write_text(buf.getvalue(), tune_dir / "tuning.csv")
     atomic_write_text("\n".join(md) + "\n", tune_dir / "tuning.md")
 
@@ -230,17 +235,23 @@ def collect_trials(
         rows = []
         for k, params in enumerate(listed):
             vals: dict[int, float | None] = {}
-            wall = 0.0
+            wall, diverged = 0.0, 0
             for seed in seeds:
                 run = _trial_dir(tune_dir, method, k) / f"seed{seed}"
                 summary = run / "summary.json"
                 vals[seed] = None
-                if summary.is_file() and not (run / FAILED_FILE).is_file():
+                if (run / FAILED_FILE).is_file():
+                    diverged += 1
+                elif summary.is_file():
                     s = _read_json(summary)
                     if s.get("completed"):
                         vals[seed] = s["best"]["top1"]
                         wall += float(s.get("wall_time_s", 0.0))
-            rows.append(TrialResult(method, k, dict(params), vals, wall / max(1, len(seeds))))
+            rows.append(
+                TrialResult(
+                    method, k, dict(params), vals, wall / max(1, len(seeds)), diverged=diverged
+                )
+            )
         best = max(rows, key=lambda r: (r.score, -r.index))
         if best.score > -math.inf:
             best.chosen = True
