@@ -54,6 +54,7 @@ from .config import (
     load_yaml,
     validate_config,
 )
+from .scheduler import FAILED_FILE
 
 __all__ = [
     "ABLATIONS",
@@ -77,7 +78,6 @@ STUDENT = "student"
 #: Methods benchmarked when none are named.
 DEFAULT_METHODS = ("kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "lud")
 BENCH_FILE = "bench.json"
-FAILED_FILE = "bench_failed.json"
 _FORMAT = "lud-bench/1"
 
 #: ``--ablate NAME``: (label, part switched off, loss parameters that switch it off).
@@ -421,6 +421,33 @@ def _variants(
     return out
 
 
+def prepare_run(cfg: Config, what: str) -> tuple[Path, str, int]:
+    """Validate a planned run and read the state of its folder.
+
+    Returns:
+        ``(run folder, status, epochs done)`` as :func:`run_status`.
+
+    Raises:
+        ConfigError: the config is invalid (the message starts with ``what``).
+        ValueError: the folder holds a run trained with another config, or unreadable files.
+    """
+    try:
+        validate_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    run_dir = Path(cfg.experiment.output_dir) / cfg.experiment.name
+    status, done = run_status(run_dir)
+    if status in ("done", "resume"):
+        diffs = config_diffs(_saved_config(run_dir, status), config_to_dict(cfg))
+        if diffs:
+            raise ValueError(
+                f"run folder {run_dir} was trained with another config:\n  "
+                + "\n  ".join(diffs)
+                + "\ndelete it or use another --output-dir"
+            )
+    return run_dir, status, done
+
+
 def _run_config(base: Config, v: Variant, seed: int, bench_dir: Path) -> Config:
     from .losses import loss_class
 
@@ -534,20 +561,7 @@ def plan_bench(
     for v in variants:
         for seed in seed_list:
             cfg = _run_config(base, v, seed, bench_dir)
-            try:
-                validate_config(cfg)
-            except ConfigError as exc:
-                raise ConfigError(f"run '{v.label}' (seed {seed}): {exc}") from None
-            run_dir = bench_dir / v.label / f"seed{seed}"
-            status, done = run_status(run_dir)
-            if status in ("done", "resume"):
-                diffs = config_diffs(_saved_config(run_dir, status), config_to_dict(cfg))
-                if diffs:
-                    raise ValueError(
-                        f"run folder {run_dir} was trained with another config:\n  "
-                        + "\n  ".join(diffs)
-                        + "\ndelete it or use another --output-dir"
-                    )
+            run_dir, status, done = prepare_run(cfg, f"run '{v.label}' (seed {seed})")
             runs.append(PlannedRun(v, seed, run_dir, cfg, status, done))
     return BenchPlan(
         bench_dir=bench_dir,
@@ -650,7 +664,7 @@ def run_bench(
     """
     from .bench_results import collect_results, write_results
     from .calibration import evaluate_teacher
-    from .engine.checkpoint import atomic_write_text, remove_stale_temp_files
+    from .engine.checkpoint import remove_stale_temp_files
     from .scheduler import RunOutcome, RunTask, execute_runs
 
     say = log or (lambda _m: None)
@@ -689,11 +703,7 @@ def run_bench(
             )
         )
 
-    def done(outcome: RunOutcome) -> None:
-        if outcome.diverged is not None:
-            cfg = outcome.task.config
-            marker = Path(cfg.experiment.output_dir) / cfg.experiment.name / FAILED_FILE
-            atomic_write_text(json.dumps({"error": outcome.diverged}) + "\n", marker)
+    def done(_outcome: RunOutcome) -> None:
         write_results(collect_results(plan.bench_dir))  # partial tables survive an interruption
 
     execute_runs(

@@ -1,4 +1,4 @@
-"""The ``lud`` command line: ``train``, ``eval``, ``bench``, ``report``, ``list`` and ``demo``.
+"""The ``lud`` command line: ``train``, ``eval``, ``bench``, ``tune``, ``report``, ``list``, ``demo``.
 
 Exit codes: 0 success; 1 training diverged (NaN/Inf loss); 2 bad usage, configuration, data or
 checkpoint, or an output folder that cannot be written (full disk, read-only): the message goes to

@@ -7,11 +7,14 @@ on a CPU machine N small runs side by side use the cores better than one run wit
 (a small model's per-step work does not spread over many threads).
 
 Whatever happens to one run (it diverges, a worker dies), the others go on; the caller is told
-about each run as it finishes, so its tables and markers are written as soon as possible.
+about each run as it finishes, so its tables are written as soon as possible. A run whose loss
+went NaN/Inf gets :data:`FAILED_FILE` in its folder (its ``last.pt`` keeps the last good epoch):
+``lud bench`` and ``lud tune`` skip it on a rerun unless asked to retry.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +25,10 @@ from typing import Any
 
 from .config import Config
 
-__all__ = ["RunOutcome", "RunTask", "execute_runs"]
+__all__ = ["FAILED_FILE", "RunOutcome", "RunTask", "execute_runs"]
+
+#: Marker written into the folder of a run that diverged.
+FAILED_FILE = "bench_failed.json"
 
 
 @dataclass
@@ -131,6 +137,12 @@ def execute_runs(
         log(f"[{state['finished']}/{total} done{eta()}] {what} {task.name}")
 
     def finished(outcome: RunOutcome) -> None:
+        if outcome.diverged is not None:
+            from .engine.checkpoint import atomic_write_text
+
+            cfg = outcome.task.config
+            marker = Path(cfg.experiment.output_dir) / cfg.experiment.name / FAILED_FILE
+            atomic_write_text(json.dumps({"error": outcome.diverged}) + "\n", marker)
         state["finished"] += 1
         state["epochs_done"] += outcome.task.epochs_left
         outcomes.append(outcome)

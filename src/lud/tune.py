@@ -40,16 +40,9 @@ from typing import Any
 
 import yaml
 
-from .bench import (
-    FAILED_FILE,
-    _base_config,
-    _read_json,
-    _saved_config,
-    config_diffs,
-    parse_seeds,
-    run_status,
-)
-from .config import Config, ConfigError, LossConfig, TeacherConfig, config_to_dict, validate_config
+from .bench import _base_config, _read_json, config_diffs, parse_seeds, prepare_run
+from .config import Config, ConfigError, LossConfig, TeacherConfig, config_to_dict
+from .scheduler import FAILED_FILE
 
 __all__ = ["TUNE_FILE", "TrialResult", "load_grid", "run_tune"]
 
@@ -314,21 +307,8 @@ def run_tune(
             for seed in seed_list:
                 total += 1
                 cfg = _trial_config(base, method, params, seed, _trial_dir(tune_dir, method, k))
-                try:
-                    validate_config(cfg)
-                except ConfigError as exc:
-                    raise ConfigError(f"{method} trial {k} (seed {seed}): {exc}") from None
-                run_dir = Path(cfg.experiment.output_dir) / cfg.experiment.name
-                remove_stale_temp_files(run_dir)
-                status, done = run_status(run_dir)
-                if status in ("done", "resume"):
-                    diffs = config_diffs(_saved_config(run_dir, status), config_to_dict(cfg))
-                    if diffs:
-                        raise ValueError(
-                            f"run folder {run_dir} was trained with another config:\n  "
-                            + "\n  ".join(diffs)
-                            + "\ndelete it or use another --output-dir"
-                        )
+                remove_stale_temp_files(Path(cfg.experiment.output_dir) / cfg.experiment.name)
+                _, status, done = prepare_run(cfg, f"{method} trial {k} (seed {seed})")
                 if status in ("new", "resume"):
                     tasks.append(
                         RunTask(
@@ -367,11 +347,7 @@ def run_tune(
         atomic_write_text(text, tune_dir / "tuned.yaml")
         return results
 
-    def done(outcome: RunOutcome) -> None:
-        if outcome.diverged is not None:
-            cfg = outcome.task.config
-            marker = Path(cfg.experiment.output_dir) / cfg.experiment.name / FAILED_FILE
-            atomic_write_text(json.dumps({"error": outcome.diverged}) + "\n", marker)
+    def done(_outcome: RunOutcome) -> None:
         finish()
 
     from . import bench
