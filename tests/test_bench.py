@@ -587,3 +587,18 @@ def test_diverged_run_is_skipped(
     assert collect_results(out).row("kd")["seeds_done"] == 1
     shutil.rmtree(out)
     assert math.isfinite(result.teacher["test_top1"])
+
+
+def test_two_jobs_train_the_same_runs(benched: Path, project: dict[str, Path]) -> None:
+    """`--jobs 2` trains each run in a worker process; the runs match the in-process ones."""
+    out = project["root"] / "bench-jobs2"
+    assert main(["bench", str(project["config"]), "--methods", "kd", "--seeds", "2",
+                 "--jobs", "2", "--output-dir", str(out)]) == 0
+    for label in ("student", "kd"):
+        for seed in (0, 1):
+            a = json.loads((benched / label / f"seed{seed}" / "summary.json").read_text())
+            b = json.loads((out / label / f"seed{seed}" / "summary.json").read_text())
+            assert a["best"] == b["best"] and a["last"] == b["last"]
+            assert (out / label / f"seed{seed}" / "eval_best.json").is_file()
+    rows = {r["label"]: r for r in _read_csv(out / "results.csv")}
+    assert rows["kd"]["seeds_done"] == "2" and rows["student"]["seeds_done"] == "2"

@@ -614,6 +614,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         "train": cli._train_parser(),
         "eval": cli._eval_parser(),
         "bench": cli._bench_parser(),
+        "tune": cli._tune_parser(),
         "report": cli._report_parser(),
         "list": cli._list_parser(),
         "demo": demo.parser(),

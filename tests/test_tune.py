@@ -187,14 +187,18 @@ def test_tuning_needs_a_validation_split(project: dict[str, Path], tmp_path: Pat
 # ----------------------------------------------------------------------------- scheduler
 def test_two_jobs_match_one(tuned: Path, project: dict[str, Path]) -> None:
     """Worker processes train the same runs as the in-process path, to the bit."""
-    grid = {"kd": GRID["kd"]}
+    grid = project["root"] / "grid_kd.yaml"
+    grid.write_text(yaml.safe_dump({"kd": GRID["kd"]}, sort_keys=False))
     out = project["root"] / "tune-jobs2"
-    run_tune(project["config"], grid, "0,1", output_dir=out, jobs=2, log=None)
+    assert main(["tune", str(project["config"]), "--grid", str(grid), "--seeds", "0,1",
+                 "--jobs", "2", "--output-dir", str(out)]) == 0
     for k in range(2):
         for seed in (0, 1):
             a = json.loads((tuned / "kd" / f"trial{k}" / f"seed{seed}" / "summary.json").read_text())
             b = json.loads((out / "kd" / f"trial{k}" / f"seed{seed}" / "summary.json").read_text())
             assert a["best"] == b["best"] and a["last"] == b["last"]
+    one, two = (yaml.safe_load((d / "tuned.yaml").read_text()) for d in (tuned, out))
+    assert two == {"kd": one["kd"]}
 
 
 def test_scheduler_divergence_errors_and_order(tmp_path: Path) -> None:
