@@ -122,15 +122,16 @@ def execute_runs(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     total = len(tasks) + done_before if total is None else total
     epochs_all = sum(t.epochs_left for t in tasks)
-    t_start = time.perf_counter()
-    state = {"finished": done_before, "epochs_done": 0}
+    state = {"finished": done_before, "epochs_done": 0, "busy_s": 0.0}
     outcomes: list[RunOutcome] = []
 
     def eta() -> str:
+        # Time per epoch from the runs that finished, spread over the runs trained at once.
         if not state["epochs_done"]:
             return ""
-        rate = (time.perf_counter() - t_start) / state["epochs_done"]
-        return f", ETA {_duration(rate * (epochs_all - state['epochs_done']))}"
+        left = epochs_all - state["epochs_done"]
+        per_epoch = state["busy_s"] / state["epochs_done"]
+        return f", ETA {_duration(per_epoch * left / min(jobs, max(1, len(tasks))))}"
 
     def started(task: RunTask) -> None:
         what = "resuming" if task.resume else "training"
@@ -145,6 +146,7 @@ def execute_runs(
             atomic_write_text(json.dumps({"error": outcome.diverged}) + "\n", marker)
         state["finished"] += 1
         state["epochs_done"] += outcome.task.epochs_left
+        state["busy_s"] += outcome.wall_s
         outcomes.append(outcome)
         if outcome.diverged is not None:
             log(f"{outcome.task.name} diverged, skipped: {outcome.diverged}")
