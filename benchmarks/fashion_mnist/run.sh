@@ -13,6 +13,16 @@ OUT=${1:-runs/fashion_mnist}
 JOBS=${JOBS:-2}
 LUD=${LUD:-.venv/bin/lud}
 PAIRS=${PAIRS:-"cnn_large_mlp_tiny cnn_large_cnn_small"}
+# The data: Debian's dataset-fashion-mnist (installed here when missing and apt-get can run).
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+  else
+    echo "Fashion-MNIST not found: sudo apt-get install dataset-fashion-mnist" >&2
+    exit 2
+  fi
+fi
+[ -x "$LUD" ] || make setup   # the project's .venv
 # 12,000 training images (10 % carved out for validation, per seed), the full 10,000-image test
 # set; no augmentation, so the teacher's logits are computed once and cached.
 RECIPE="data.subset=12000 data.augment=none runtime.teacher_cache=true solver.epochs=15 runtime.progress=false"
