@@ -16,7 +16,6 @@ second table times the loss alone (forward+backward on fixed logits): where LUD'
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import statistics
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lud.engine.runtime import resolve_device
+from lud.engine.runtime import autocast_context, resolve_device
 from lud.losses import build_loss
 from lud.models import build_model
 
@@ -36,13 +35,6 @@ CLASSES = 100
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _step_fn(
@@ -63,7 +55,7 @@ def _step_fn(
     use_teacher = method != "student"
 
     def step() -> None:
-        with _autocast(device, args.amp):
+        with autocast_context(device, args.amp):
             t_logits = None
             if use_teacher:
                 assert teacher is not None

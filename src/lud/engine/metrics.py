@@ -7,15 +7,14 @@ never per-rank means, so the result is that of one process over the union of the
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .faults import fault_point
+from .runtime import autocast_context
 
 __all__ = [
     "ECE_BINS",
@@ -54,13 +53,6 @@ def expected_calibration_error(bins: Tensor) -> float:
     return float((conf - corr).abs().sum() / total)
 
 
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _batches(
     model: nn.Module,
     loader: Iterable[tuple[Tensor, Tensor]],
@@ -78,7 +70,7 @@ def _batches(
                 x = transform(images.to(device, non_blocking=True))
                 if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, amp):
+                with autocast_context(device, amp):
                     logits = model(x)
                 yield logits.float(), labels.to(device, non_blocking=True).long()
     finally:

@@ -20,7 +20,17 @@ from torch import Tensor
 from ..config import RuntimeConfig
 from . import distributed
 
-__all__ = ["DeviceBatches", "RuntimeContext", "resolve_device", "setup_runtime"]
+__all__ = ["DeviceBatches", "RuntimeContext", "autocast_context", "resolve_device", "setup_runtime"]
+
+_AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast for forward passes on ``device`` (``amp``: off | bf16 | fp16; off = no-op)."""
+    dtype = _AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -75,13 +85,11 @@ class RuntimeContext:
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.amp]
+        return _AMP_DTYPES[self.amp]
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast context for forward passes (a no-op when ``amp`` is off)."""
-        if self.amp == "off":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast_context(self.device, self.amp)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A GradScaler, enabled only for fp16 (bf16 has fp32's exponent range and needs none)."""
