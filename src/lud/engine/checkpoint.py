@@ -209,6 +209,25 @@ def verify_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike[str]) -> 
         )
 
 
+def read_torch_file(path: Path, *, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with clear errors (``what`` names the file in them).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: truncated, corrupt or not a torch file.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a readable {what}: it is truncated, corrupt or not a torch file "
+            f"({reason})"
+        ) from None
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
@@ -223,16 +242,7 @@ def load_checkpoint(
             checkpoint, lacks required entries, or does not match its recorded SHA-256.
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{p} is not a readable checkpoint: it is truncated, corrupt or not a torch file "
-            f"({reason})"
-        ) from None
+    ckpt = read_torch_file(p, map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p} is not a lud run checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     verify_checkpoint(ckpt, p)

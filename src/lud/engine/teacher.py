@@ -9,24 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TeacherConfig
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, verify_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_torch_file, verify_checkpoint
 from .metrics import predict_logits
 from .runtime import RuntimeContext
 
 __all__ = ["TeacherLogitCache", "build_teacher"]
-
-
-def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher.checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
-            f"cannot read teacher.checkpoint {path}: it is truncated, corrupt or not a torch "
-            f"file ({reason})"
-        ) from None
 
 
 def build_teacher(
@@ -42,7 +29,7 @@ def build_teacher(
 
     assert cfg.name is not None and cfg.checkpoint is not None
     path = Path(cfg.checkpoint).expanduser()
-    obj = _read(path)
+    obj = read_torch_file(path, what="teacher.checkpoint")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         try:
             verify_checkpoint(obj, path)
