@@ -421,6 +421,21 @@ def _variants(
     return out
 
 
+def check_same_recipe(saved_base: Mapping[str, Any], base: Config, folder: str) -> None:
+    """Refuse to add runs to a folder made with another recipe (seed and loss may differ).
+
+    Raises:
+        ValueError: naming every entry that differs.
+    """
+    diffs = config_diffs(saved_base, config_to_dict(base), ignore=("experiment.seed", "loss"))
+    if diffs:
+        raise ValueError(
+            f"{folder} was made with another recipe:\n  "
+            + "\n  ".join(diffs)
+            + "\nuse another --output-dir, or the same config and overrides as before"
+        )
+
+
 def prepare_run(cfg: Config, what: str) -> tuple[Path, str, int]:
     """Validate a planned run and read the state of its folder.
 
@@ -528,15 +543,7 @@ def plan_bench(
 
     manifest = _read_manifest(bench_dir)
     if manifest is not None:
-        diffs = config_diffs(
-            manifest["base_config"], config_to_dict(base), ignore=("experiment.seed", "loss")
-        )
-        if diffs:
-            raise ValueError(
-                f"benchmark folder {bench_dir} was made with another recipe:\n  "
-                + "\n  ".join(diffs)
-                + "\nuse another --output-dir, or the same config and overrides as before"
-            )
+        check_same_recipe(manifest["base_config"], base, f"benchmark folder {bench_dir}")
         old_teacher = (manifest.get("teacher") or {}).get("checkpoint")
         if (
             old_teacher

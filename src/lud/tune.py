@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from .bench import _base_config, _read_json, config_diffs, parse_seeds, prepare_run
+from .bench import _base_config, _read_json, check_same_recipe, parse_seeds, prepare_run
 from .config import Config, ConfigError, LossConfig, TeacherConfig, config_to_dict
 from .scheduler import FAILED_FILE
 
@@ -166,13 +166,7 @@ def _check_folder(tune_dir: Path, base: Config, trials: dict[str, list[dict[str,
     old = _read_json(path)
     if old.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a lud tuning manifest (format {old.get('format')!r})")
-    diffs = config_diffs(old["base_config"], config_to_dict(base), ignore=("experiment.seed",))
-    if diffs:
-        raise ValueError(
-            f"tuning folder {tune_dir} was made with another recipe:\n  "
-            + "\n  ".join(diffs)
-            + "\nuse another --output-dir, or the same config and overrides as before"
-        )
+    check_same_recipe(old["base_config"], base, f"tuning folder {tune_dir}")
     for method, listed in trials.items():
         before = old["trials"].get(method)
         if before is not None and before[: len(listed)] != listed[: len(before)]:
