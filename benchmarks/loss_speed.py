@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from lud import ranking
+from lud.losses import ranking
 from lud.losses import available_losses, build_loss
 from lud.models import build_model
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from lud import bench
-from lud.bench import (
+from lud.experiments import bench
+from lud.experiments.bench import (
     ABLATIONS,
     STUDENT,
     parse_method_params,
@@ -24,7 +24,7 @@ from lud.bench import (
     plan_bench,
     run_bench,
 )
-from lud.bench_results import aggregate, collect_results
+from lud.experiments.results import aggregate, collect_results
 from lud.cli import main
 from lud.config import config_from_dict
 from lud.data import build_data, make_batch_transform, make_loader, write_cifar_like
@@ -86,7 +86,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 class Counter:
-    """Wraps :func:`lud.bench.train`: counts calls and remembers what was resumed."""
+    """Wraps :func:`lud.experiments.bench.train`: counts calls and remembers what was resumed."""
 
     def __init__(self, real: Any) -> None:
         self.real, self.calls = real, []

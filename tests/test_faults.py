@@ -28,7 +28,7 @@ import pytest
 import torch
 from conftest import kd_project
 
-from lud import bench
+from lud.experiments import bench
 from lud.cli import main
 from lud.engine import load_checkpoint
 from lud.engine.runlog import read_metrics

@@ -24,7 +24,9 @@ import lud.engine
 import lud.engine.trainer as trainer_mod
 import lud.losses
 import lud.models
-from lud import bench, cli, demo
+from lud import cli
+from lud.cli import demo
+from lud.experiments import bench
 from lud.cli import main
 from lud.config import config_from_dict
 from lud.data import write_cifar_like

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata, spearmanr
 
-from lud import ranking
+from lud.losses import ranking
 from lud.losses import build_loss
 from lud.losses.lud import (
     LUDLoss,

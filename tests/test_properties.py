@@ -44,7 +44,7 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from lud import ranking
+from lud.losses import ranking
 from lud.losses import available_losses, build_loss
 from lud.losses.base import LossOutput
 

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import rankdata, spearmanr
 
-from lud import ranking
-from lud.ranking import available_backends, hard_rank, pearson, resolve_backend, soft_rank, spearman
+from lud.losses import ranking
+from lud.losses.ranking import available_backends, hard_rank, pearson, resolve_backend, soft_rank, spearman
 
 
 def _scipy_spearman_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,7 +128,7 @@ def test_pairwise_memory_1000x1000_under_512mb() -> None:
     code = textwrap.dedent(
         """
         import resource, torch
-        from lud.ranking import soft_rank
+        from lud.losses.ranking import soft_rank
         x = torch.randn(1000, 1000, requires_grad=True)
         w = torch.randn(1000, 1000)
         (soft_rank(x[:4, :50], backend="pairwise") * w[:4, :50]).sum().backward()  # warm-up

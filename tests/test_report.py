@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-from lud.bench import run_bench
-from lud.calibration import reliability_curve
+from lud.experiments.bench import run_bench
+from lud.experiments.calibration import reliability_curve
 from lud.cli import main
 from lud.config import config_from_dict
 from lud.data import write_cifar_like
 from lud.engine import train
-from lud.report import discover_runs, make_report
+from lud.experiments.report import discover_runs, make_report
 
 torch.set_num_threads(1)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -185,7 +185,7 @@ def test_class_gain_heatmap_for_many_classes(tmp_path: Path) -> None:
     """Beyond 20 classes the per-class gain becomes a heat map (methods × classes)."""
     from matplotlib.image import imread
 
-    from lud.report import _colors, _plot_class_gain
+    from lud.experiments.report import _colors, _plot_class_gain
 
     rng = np.random.default_rng(0)
     gains = [(name, rng.normal(0.0, 3.0, 100)) for name in ("kd", "lud")]

@@ -113,7 +113,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import ranking
+from . import ranking
 from .base import DistillationLoss, LossOutput
 from .params import check_bool, check_choice, check_number
 from .registry import register_loss, suggest

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from ..config import Config
 
 __all__ = ["FAILED_FILE", "RunOutcome", "RunTask", "execute_runs"]
 
@@ -61,14 +61,14 @@ def _train_one(
     threads: int | None = None,
 ) -> tuple[dict[str, Any] | None, str | None, float]:
     """Train one run (in this process or a worker); a diverged run is an outcome, not an error."""
-    from .engine import TrainingDivergedError
+    from ..engine import TrainingDivergedError
 
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     if train_fn is None:
-        from .engine import train as train_fn
+        from ..engine import train as train_fn
     t0 = time.perf_counter()
     try:
         summary = train_fn(cfg, resume=resume)
@@ -139,7 +139,7 @@ def execute_runs(
 
     def finished(outcome: RunOutcome) -> None:
         if outcome.diverged is not None:
-            from .engine.checkpoint import atomic_write_text
+            from ..engine.checkpoint import atomic_write_text
 
             cfg = outcome.task.config
             marker = Path(cfg.experiment.output_dir) / cfg.experiment.name / FAILED_FILE

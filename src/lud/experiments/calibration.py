@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import Config, config_from_dict, validate_config
+from ..config import Config, config_from_dict, validate_config
 
 __all__ = [
     "EVAL_FILE",
@@ -87,7 +87,7 @@ class _Tally:
     """``loss_fn`` for :func:`lud.engine.evaluate` that also counts bins and per-class hits."""
 
     def __init__(self, num_classes: int) -> None:
-        from .engine.metrics import ECE_BINS
+        from ..engine.metrics import ECE_BINS
 
         self.num_classes = num_classes
         self.bins = torch.zeros(ECE_BINS, 3, dtype=torch.float64)
@@ -95,7 +95,7 @@ class _Tally:
         self.total = torch.zeros(num_classes, dtype=torch.float64)
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
-        from .engine.metrics import ece_bins
+        from ..engine.metrics import ece_bins
 
         # one_hot sums rather than bincount: bincount has no deterministic CUDA kernel.
         onehot = F.one_hot(targets, self.num_classes).double()
@@ -117,7 +117,7 @@ def _bundle(cfg: Config, split: str) -> Any:
     The test split and the normalisation do not depend on the seed, the validation carve-out or
     the training subset, so test evaluations of every seed share one bundle.
     """
-    from .data import build_data
+    from ..data import build_data
 
     d = cfg.data
     if split == "test":
@@ -152,8 +152,8 @@ def evaluate_model(
     Precision and memory format follow ``cfg.runtime`` (as in training, so top-1 matches the
     trainer's own test evaluation); ``device`` defaults to ``cfg.runtime.device``.
     """
-    from .data import make_batch_transform, make_loader
-    from .engine import evaluate, resolve_device
+    from ..data import make_batch_transform, make_loader
+    from ..engine import evaluate, resolve_device
 
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
@@ -219,8 +219,8 @@ def evaluate_run(
     Raises:
         FileNotFoundError: no such checkpoint. ValueError: not a lud run checkpoint.
     """
-    from .engine import load_checkpoint
-    from .models import build_model
+    from ..engine import load_checkpoint
+    from ..models import build_model
 
     run = Path(run_dir)
     ckpt_path = run / checkpoint
@@ -252,7 +252,7 @@ def evaluate_run(
         )
     ev.source, ev.source_stamp, ev.epoch = str(ckpt_path), _stamp(ckpt_path), int(ckpt["epoch"])
     if cacheable:
-        from .engine.checkpoint import atomic_write_text
+        from ..engine.checkpoint import atomic_write_text
 
         atomic_write_text(ev.to_json(), cache_path)
     return ev
@@ -275,9 +275,9 @@ def evaluate_teacher(
         ValueError: ``cfg`` names no teacher, or the checkpoint does not fit.
         FileNotFoundError: the teacher checkpoint is missing.
     """
-    from .engine import resolve_device
-    from .engine.runtime import RuntimeContext
-    from .engine.teacher import build_teacher
+    from ..engine import resolve_device
+    from ..engine.runtime import RuntimeContext
+    from ..engine.teacher import build_teacher
 
     t = cfg.teacher
     if t.name is None or not t.checkpoint:
@@ -296,7 +296,7 @@ def evaluate_teacher(
     ev = evaluate_model(teacher, cfg, split=split, device=dev)
     ev.source, ev.source_stamp = str(src), _stamp(src)
     if cache_path is not None:
-        from .engine.checkpoint import atomic_write_text
+        from ..engine.checkpoint import atomic_write_text
 
         atomic_write_text(ev.to_json(), Path(cache_path))
     return ev

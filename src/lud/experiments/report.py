@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import Config, config_from_dict
+from ..config import Config, config_from_dict
 
 __all__ = ["RunGroup", "discover_runs", "make_report"]
 
@@ -493,7 +493,7 @@ def make_report(
         log: progress messages (``None``: silent).
     """
     from .calibration import EVAL_FILE, ModelEval, evaluate_run, evaluate_teacher
-    from .engine.runlog import read_metrics
+    from ..engine.runlog import read_metrics
 
     say = log or (lambda _m: None)
     root = Path(path)
@@ -524,7 +524,7 @@ def make_report(
     ]
     md = [f"# {title} report: {root.resolve().name}", "", f"Source: `{root}` ({what}).", ""]
     if kind == "bench":
-        from .bench_results import collect_results, markdown
+        from .results import collect_results, markdown
 
         tables = markdown(collect_results(root, evaluate=evaluate), title=False, runs=False)
         md += ["## Results", "", tables.replace("\n## ", "\n### "), ""]

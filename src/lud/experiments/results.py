@@ -368,7 +368,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def write_results(result: BenchResult) -> None:
     """Write ``results.md``, ``results.csv`` (per method, teacher first) and ``runs.csv``."""
-    from .engine.checkpoint import atomic_write_text
+    from ..engine.checkpoint import atomic_write_text
 
     rows = list(result.rows)
     if result.teacher is not None:

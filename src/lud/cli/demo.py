@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config, config_from_dict
+from ..config import Config, config_from_dict
 
 __all__ = ["main", "demo_configs"]
 
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 h.setLevel(logging.WARNING)
     out = Path(args.output_dir or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
-    from .engine import train  # heavy import after argument parsing
-    from .engine.checkpoint import atomic_write_text
+    from ..engine import train  # heavy import after argument parsing
+    from ..engine.checkpoint import atomic_write_text
 
     configs = demo_configs(
         out,

@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from .config import (
+from ..config import (
     Config,
     ConfigError,
     LossConfig,
@@ -166,7 +166,7 @@ class BenchPlan:
 
     @property
     def needs_teacher(self) -> bool:
-        from .losses import loss_class
+        from ..losses import loss_class
 
         return any(loss_class(v.loss).requires_teacher for v in self.variants)
 
@@ -295,7 +295,7 @@ def run_status(run_dir: str | os.PathLike[str]) -> tuple[str, int]:
         ValueError: the folder holds files a run cannot continue from (unreadable summary or
             checkpoint, checkpoints without ``last.pt``); the message says which and what to do.
     """
-    from .engine import load_checkpoint
+    from ..engine import load_checkpoint
 
     run = Path(run_dir)
     redo = f"delete the run folder {run} to train this run again"
@@ -372,8 +372,8 @@ def _saved_config(run: Path, status: str) -> dict[str, Any]:
 def _variants(
     methods: Sequence[str], ablate: str | None, params: dict[str, dict[str, Any]]
 ) -> list[Variant]:
-    from .losses import available_losses, loss_class
-    from .losses.registry import suggest
+    from ..losses import available_losses, loss_class
+    from ..losses.registry import suggest
 
     losses = available_losses()
     names: list[str] = []
@@ -464,7 +464,7 @@ def prepare_run(cfg: Config, what: str) -> tuple[Path, str, int]:
 
 
 def _run_config(base: Config, v: Variant, seed: int, bench_dir: Path) -> Config:
-    from .losses import loss_class
+    from ..losses import loss_class
 
     cfg = copy.deepcopy(base)
     cfg.experiment.output_dir = str(bench_dir / v.label)
@@ -583,7 +583,7 @@ def plan_bench(
 
 def _write_manifest(plan: BenchPlan) -> None:
     """Record the plan, merged with what the folder already holds (methods added later)."""
-    from .engine.checkpoint import atomic_write_text
+    from ..engine.checkpoint import atomic_write_text
 
     old = _read_manifest(plan.bench_dir) or {"variants": [], "runs": []}
     variants = {v["label"]: v for v in old["variants"]}
@@ -631,7 +631,7 @@ def _default_log(message: str) -> None:
 
 # Looked up at call time so that tests can count or interrupt training.
 def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
-    from .engine import train as _train
+    from ..engine import train as _train
 
     return _train(cfg, resume=resume)
 
@@ -663,15 +663,15 @@ def run_bench(
         ablate: ``"lud"``: also run LUD with each part switched off in turn.
         retry_failed: train runs marked as diverged again.
         jobs: runs trained side by side (worker processes, threads shared out;
-            :mod:`lud.scheduler`).
+            :mod:`lud.experiments.scheduler`).
         log: progress messages (``None``: silent).
 
     Returns:
-        The :class:`lud.bench_results.BenchResult` (rows of ``results.csv`` and the markdown).
+        The :class:`lud.experiments.results.BenchResult` (rows of ``results.csv`` and the markdown).
     """
-    from .bench_results import collect_results, write_results
+    from .results import collect_results, write_results
     from .calibration import evaluate_teacher
-    from .engine.checkpoint import remove_stale_temp_files
+    from ..engine.checkpoint import remove_stale_temp_files
     from .scheduler import RunOutcome, RunTask, execute_runs
 
     say = log or (lambda _m: None)

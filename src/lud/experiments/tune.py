@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from .bench import _base_config, _read_json, check_same_recipe, parse_seeds, prepare_run
-from .config import Config, ConfigError, LossConfig, TeacherConfig, config_to_dict
+from ..config import Config, ConfigError, LossConfig, TeacherConfig, config_to_dict
 from .scheduler import FAILED_FILE
 
 __all__ = ["TUNE_FILE", "TrialResult", "load_grid", "run_tune"]
@@ -74,9 +74,9 @@ def load_grid(grid: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, lis
         ValueError: unreadable file, unknown method, malformed entry, duplicate trials, or
             methods with different numbers of trials (an uneven budget).
     """
-    from .config import load_yaml
-    from .losses import available_losses, loss_class
-    from .losses.registry import suggest
+    from ..config import load_yaml
+    from ..losses import available_losses, loss_class
+    from ..losses.registry import suggest
 
     where = "tuning grid"
     if not isinstance(grid, Mapping):
@@ -145,7 +145,7 @@ def _trial_dir(tune_dir: Path, method: str, index: int) -> Path:
 def _trial_config(
     base: Config, method: str, params: dict[str, Any], seed: int, folder: Path
 ) -> Config:
-    from .losses import loss_class
+    from ..losses import loss_class
 
     cfg = copy.deepcopy(base)
     cfg.experiment.output_dir = str(folder)
@@ -177,7 +177,7 @@ def _check_folder(tune_dir: Path, base: Config, trials: dict[str, list[dict[str,
 
 
 def _write_tables(tune_dir: Path, results: list[TrialResult], seeds: list[int]) -> None:
-    from .engine.checkpoint import atomic_write_text
+    from ..engine.checkpoint import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -269,13 +269,13 @@ def run_tune(
         seeds: seeds each trial is trained with (default: seed 0 only).
         overrides: ``section.key=value`` applied to the config (not ``loss.*``).
         output_dir: the tuning folder (default ``<experiment.output_dir>/tune-<name>``).
-        jobs: trials trained side by side (:mod:`lud.scheduler`).
+        jobs: trials trained side by side (:mod:`lud.experiments.scheduler`).
         log: progress messages (``None``: silent).
 
     Returns:
         Every trial's result; the winners have ``chosen=True``.
     """
-    from .engine.checkpoint import atomic_write_text, remove_stale_temp_files
+    from ..engine.checkpoint import atomic_write_text, remove_stale_temp_files
     from .scheduler import RunOutcome, RunTask, execute_runs
 
     say = log or (lambda _m: None)

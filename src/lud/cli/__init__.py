@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["main"]
 
@@ -74,8 +74,8 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(argv: list[str]) -> int:
-    from .config import load_config, validate_config
-    from .engine import train
+    from ..config import load_config, validate_config
+    from ..engine import train
 
     args = _train_parser().parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides, validate=False)
@@ -136,11 +136,11 @@ def evaluate_checkpoint(
 
     Returns ``{"top1","top5","loss","nll","ece","n","split","epoch","checkpoint"}``.
     """
-    from .config import ConfigError, apply_overrides, config_from_dict, validate_config
-    from .data import make_batch_transform, make_loader
-    from .engine import evaluate, load_checkpoint, resolve_device
-    from .engine.trainer import run_data
-    from .models import build_model, load_checkpoint_weights
+    from ..config import ConfigError, apply_overrides, config_from_dict, validate_config
+    from ..data import make_batch_transform, make_loader
+    from ..engine import evaluate, load_checkpoint, resolve_device
+    from ..engine.trainer import run_data
+    from ..models import build_model, load_checkpoint_weights
 
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(apply_overrides(ckpt["config"], list(overrides)))
@@ -276,7 +276,7 @@ def _add_jobs(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_bench(argv: list[str]) -> int:
-    from .bench import plan_bench, run_bench
+    from ..experiments.bench import plan_bench, run_bench
 
     args = _bench_parser().parse_intermixed_args(argv)
     methods = None if args.methods is None else args.methods.split(",")
@@ -303,7 +303,7 @@ def _cmd_bench(argv: list[str]) -> int:
         jobs=args.jobs,
         **kwargs,
     )
-    from .bench_results import markdown
+    from ..experiments.results import markdown
 
     print(markdown(result, title=False, runs=False).rstrip())
     print(f"\ntables: {result.bench_dir / 'results.md'}, results.csv, runs.csv")
@@ -338,7 +338,7 @@ def _tune_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_tune(argv: list[str]) -> int:
-    from .tune import run_tune
+    from ..experiments.tune import run_tune
 
     args = _tune_parser().parse_intermixed_args(argv)
     results = run_tune(
@@ -364,7 +364,7 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_report(argv: list[str]) -> int:
-    from .report import make_report
+    from ..experiments.report import make_report
 
     args = _report_parser().parse_args(argv)
     path = make_report(
@@ -388,9 +388,9 @@ def _list_parser() -> argparse.ArgumentParser:
 
 def _cmd_list(argv: list[str]) -> int:
     args = _list_parser().parse_args(argv)
-    from .data import available_datasets
-    from .losses import available_losses
-    from .models import available_models
+    from ..data import available_datasets
+    from ..losses import available_losses
+    from ..models import available_models
 
     tables = {
         "losses": available_losses,
@@ -444,8 +444,8 @@ def _setup_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lud`` console script; returns the exit code."""
-    from .config import ConfigError
-    from .engine import RunFolderError, TrainingDivergedError
+    from ..config import ConfigError
+    from ..engine import RunFolderError, TrainingDivergedError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     cmd = args[0]
     if cmd not in commands:
-        from .losses.registry import suggest
+        from ..losses.registry import suggest
 
         print(
             f"lud: error: unknown command '{cmd}'.{suggest(cmd, list(commands))}", file=sys.stderr
