@@ -19,8 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from lud.losses import ranking
-from lud.losses import available_losses, build_loss
+from lud.losses import available_losses, build_loss, ranking
 from lud.models import build_model
 
 

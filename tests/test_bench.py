@@ -15,6 +15,12 @@ import pytest
 import torch
 import yaml
 
+from lud.cli import main
+from lud.config import config_from_dict
+from lud.data import build_data, make_batch_transform, make_loader, write_cifar_like
+from lud.engine import load_checkpoint, predict_logits
+from lud.engine import train as engine_train
+from lud.engine.runlog import read_metrics
 from lud.experiments import bench
 from lud.experiments.bench import (
     ABLATIONS,
@@ -25,12 +31,6 @@ from lud.experiments.bench import (
     run_bench,
 )
 from lud.experiments.results import aggregate, collect_results
-from lud.cli import main
-from lud.config import config_from_dict
-from lud.data import build_data, make_batch_transform, make_loader, write_cifar_like
-from lud.engine import load_checkpoint, predict_logits
-from lud.engine import train as engine_train
-from lud.engine.runlog import read_metrics
 from lud.losses import build_loss
 from lud.models import build_model
 

@@ -28,10 +28,10 @@ import pytest
 import torch
 from conftest import kd_project
 
-from lud.experiments import bench
 from lud.cli import main
 from lud.engine import load_checkpoint
 from lud.engine.runlog import read_metrics
+from lud.experiments import bench
 
 torch.set_num_threads(1)  # the same thread count as the killed processes: bitwise-equal runs
 SEED = int(os.environ.get("LUD_FAULT_SEED", "0"))

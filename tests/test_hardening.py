@@ -25,13 +25,12 @@ import lud.engine.trainer as trainer_mod
 import lud.losses
 import lud.models
 from lud import cli
-from lud.cli import demo
-from lud.experiments import bench
-from lud.cli import main
+from lud.cli import demo, main
 from lud.config import config_from_dict
 from lud.data import write_cifar_like
 from lud.engine import TrainingDivergedError, load_checkpoint, train
 from lud.engine.runlog import read_metrics
+from lud.experiments import bench
 
 torch.set_num_threads(1)
 TESTS = Path(__file__).parent

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata, spearmanr
 
-from lud.losses import ranking
-from lud.losses import build_loss
+from lud.losses import build_loss, ranking
 from lud.losses.lud import (
     LUDLoss,
     batch_quantile,

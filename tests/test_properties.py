@@ -44,8 +44,7 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from lud.losses import ranking
-from lud.losses import available_losses, build_loss
+from lud.losses import available_losses, build_loss, ranking
 from lud.losses.base import LossOutput
 
 # One thread: the CI machine has two cores shared by several jobs; tiny tensors gain nothing.

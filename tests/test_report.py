@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from lud.experiments.bench import run_bench
-from lud.experiments.calibration import reliability_curve
 from lud.cli import main
 from lud.config import config_from_dict
 from lud.data import write_cifar_like
 from lud.engine import train
+from lud.experiments.bench import run_bench
+from lud.experiments.calibration import reliability_curve
 from lud.experiments.report import discover_runs, make_report
 
 torch.set_num_threads(1)

@@ -12,14 +12,14 @@ import pytest
 import torch
 import yaml
 
-from lud.experiments import bench
-from lud.experiments.bench import plan_bench
 from lud.cli import main
 from lud.config import ConfigError, config_from_dict, load_config, validate_config
 from lud.data import write_cifar_like
 from lud.engine import TrainingDivergedError
 from lud.engine import train as engine_train
 from lud.engine.runlog import read_metrics
+from lud.experiments import bench
+from lud.experiments.bench import plan_bench
 from lud.experiments.scheduler import RunTask, execute_runs
 from lud.experiments.tune import collect_trials, load_grid, run_tune
 

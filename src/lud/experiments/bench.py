@@ -669,9 +669,9 @@ def run_bench(
     Returns:
         The :class:`lud.experiments.results.BenchResult` (rows of ``results.csv`` and the markdown).
     """
-    from .results import collect_results, write_results
-    from .calibration import evaluate_teacher
     from ..engine.checkpoint import remove_stale_temp_files
+    from .calibration import evaluate_teacher
+    from .results import collect_results, write_results
     from .scheduler import RunOutcome, RunTask, execute_runs
 
     say = log or (lambda _m: None)

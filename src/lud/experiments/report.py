@@ -492,8 +492,8 @@ def make_report(
         device: device for those evaluations (default: each run's ``runtime.device``).
         log: progress messages (``None``: silent).
     """
-    from .calibration import EVAL_FILE, ModelEval, evaluate_run, evaluate_teacher
     from ..engine.runlog import read_metrics
+    from .calibration import EVAL_FILE, ModelEval, evaluate_run, evaluate_teacher
 
     say = log or (lambda _m: None)
     root = Path(path)

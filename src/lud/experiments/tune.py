@@ -40,8 +40,8 @@ from typing import Any
 
 import yaml
 
-from .bench import _base_config, _read_json, check_same_recipe, parse_seeds, prepare_run
 from ..config import Config, ConfigError, LossConfig, TeacherConfig, config_to_dict
+from .bench import _base_config, _read_json, check_same_recipe, parse_seeds, prepare_run
 from .scheduler import FAILED_FILE
 
 __all__ = ["TUNE_FILE", "TrialResult", "load_grid", "run_tune"]
