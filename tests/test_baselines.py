@@ -19,7 +19,7 @@ from lud.losses.dkd import dkd_terms
 from lud.losses.kd import kd_divergence
 from lud.losses.mlkd import mlkd_confidence_masks
 
-BASELINES = ["ce", "kd", "kd+ls", "dkd", "dist", "ctkd", "mlkd"]
+BASELINES = ["ce", "kd", "kd+ls", "dkd", "dist", "ctkd", "mlkd", "wttm", "rld", "lud-released"]
 TEMPS = (4.0, 3.0, 5.0, 2.0, 6.0)
 
 
@@ -488,6 +488,17 @@ def test_unknown_parameter_rejected(name):
         ("mlkd", {"temperatures": (4.0, 0.0)}, "temperatures"),
         ("mlkd", {"mask_mode": "selct"}, "mask_mode"),
         ("mlkd", {"batch_weight": -1.0}, "batch_weight"),
+        ("mlkd", {"two_views": "yes"}, "two_views"),
+        ("wttm", {"gamma": 0.0}, "gamma"),
+        ("wttm", {"beta": -1.0}, "beta"),
+        ("rld", {"alpha_temperature": 0.0}, "alpha_temperature"),
+        ("rld", {"temperature": float("nan")}, "temperature"),
+        ("rld", {"warmup": -1.0}, "warmup"),
+        ("rld", {"standardize": 1}, "standardize"),
+        ("lud-released", {"low_temperature": 0.0}, "low_temperature"),
+        ("lud-released", {"low_temperature": 6.0, "high_temperature": 2.0}, "high_temperature"),
+        ("lud-released", {"kd_weight": -1.0}, "kd_weight"),
+        ("lud-released", {"two_views": 1}, "two_views"),
     ],
 )
 def test_bad_parameters_rejected(name, params, problem):

@@ -7,7 +7,7 @@
 """
 
 # Importing the method modules registers them.
-from . import ce, ctkd, dist, dkd, kd, lud, mlkd  # noqa: E402,F401  (registration side effect)
+from . import ce, ctkd, dist, dkd, kd, lud, lud_released, mlkd, rld, wttm  # noqa: E402,F401  (registration side effect)
 from .base import DistillationLoss, LossOutput, validate_logits
 from .registry import available_losses, build_loss, loss_class, register_loss
 from .standardize import standardize_logits  # noqa: E402

@@ -15,6 +15,21 @@ Subclasses implement :meth:`DistillationLoss.compute` only. The base class
   their gradient), teacher logits and targets of every rank before :meth:`compute`, so that batch
   statistics see the global batch (see :meth:`DistillationLoss._gather`). A subclass exposes the
   option by accepting ``gather`` and passing it to ``super().__init__``.
+
+Two views. Some published recipes (MLKD, the released LUD code) feed every image twice, a weak
+view (crop/flip) and a strong view (weak + RandAugment), through both networks. A loss that
+takes two views sets ``two_views = True`` (a class attribute, or per instance from its
+constructor) and implements :meth:`DistillationLoss.compute_two_views`; it is then called with the
+strong view's logits as keyword arguments::
+
+    loss(s_weak, t_weak, targets, epoch=e,
+         strong_student_logits=s_strong, strong_teacher_logits=t_strong)
+
+(same images, same order, same ``targets``). The one-view call is unchanged for every other loss.
+A two-view loss called without the strong view, a one-view loss called with it, or only one of the
+two strong tensors: ``ValueError`` naming the problem. ``ce_on_both_views`` tells the caller that
+the loss itself already includes the cross-entropy of the strong view (term ``ce_strong``): a
+trainer never adds a CE of its own for either view.
 """
 
 from __future__ import annotations
@@ -124,6 +139,10 @@ class DistillationLoss(nn.Module):
     Class attributes:
         requires_teacher: ``False`` for losses that work without a teacher (``ce``).
         requires_targets: ``False`` for purely teacher-driven losses.
+        two_views: ``True`` when the loss must be called with a strong view too (see the module
+            docstring); instances may override it from a constructor argument.
+        ce_on_both_views: ``True`` when a two-view loss adds the strong view's cross-entropy
+            itself (informational for trainers and logs; only meaningful with ``two_views``).
 
     Args:
         validate: check the inputs on every call (one device sync for the finiteness test;
@@ -136,6 +155,8 @@ class DistillationLoss(nn.Module):
     requires_teacher: bool = True
     requires_targets: bool = True
     gather: bool = False  # class default, so subclasses that never pass it keep working
+    two_views: bool = False
+    ce_on_both_views: bool = False
 
     def __init__(self, validate: bool = True, gather: bool = False) -> None:
         super().__init__()
@@ -149,13 +170,25 @@ class DistillationLoss(nn.Module):
         teacher_logits: Tensor | None = None,
         targets: Tensor | None = None,
         epoch: float = 0.0,
+        *,
+        strong_student_logits: Tensor | None = None,
+        strong_teacher_logits: Tensor | None = None,
     ) -> LossOutput:
+        name = type(self).__name__
         if self.requires_teacher and teacher_logits is None:
-            raise ValueError(f"loss '{type(self).__name__}' needs teacher_logits, got None")
+            raise ValueError(f"loss '{name}' needs teacher_logits, got None")
         if self.requires_targets and targets is None:
-            raise ValueError(f"loss '{type(self).__name__}' needs targets, got None")
+            raise ValueError(f"loss '{name}' needs targets, got None")
+        strong = self._check_views(strong_student_logits, strong_teacher_logits)
         if self.validate:
             validate_logits(student_logits, teacher_logits, targets)
+            if strong is not None:
+                validate_logits(strong[0], strong[1], targets)
+                if strong[0].shape != student_logits.shape:
+                    raise ValueError(
+                        f"strong_student_logits has shape {tuple(strong[0].shape)}, the weak view "
+                        f"{tuple(student_logits.shape)}: both views must hold the same images"
+                    )
         device_type = student_logits.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             s = student_logits.float()
@@ -165,8 +198,37 @@ class DistillationLoss(nn.Module):
                 s = self._gather(s, differentiable=True, check=self.validate)
                 t = None if t is None else self._gather(t)
                 y = None if y is None else self._gather(y)
-            out = self.compute(s, t, y, float(epoch))
-        return out
+            if strong is None:
+                return self.compute(s, t, y, float(epoch))
+            s2, t2 = strong[0].float(), strong[1].detach().float()
+            if self.gather:
+                s2 = self._gather(s2, differentiable=True, check=self.validate)
+                t2 = self._gather(t2)
+            return self.compute_two_views(s, t, y, float(epoch), s2, t2)
+
+    def _check_views(
+        self, strong_student: Tensor | None, strong_teacher: Tensor | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """The strong view as a pair, or None; ``ValueError`` when it does not fit the loss."""
+        name = type(self).__name__
+        given = strong_student is not None or strong_teacher is not None
+        if given and (strong_student is None or strong_teacher is None):
+            missing = "strong_teacher_logits" if strong_teacher is None else "strong_student_logits"
+            raise ValueError(f"loss '{name}': the strong view needs both tensors, {missing} is None")
+        if self.two_views and not given:
+            raise ValueError(
+                f"loss '{name}' takes two views (two_views=True): pass strong_student_logits and "
+                "strong_teacher_logits (the strong-augmentation view of the same images)"
+            )
+        if given and not self.two_views:
+            raise ValueError(
+                f"loss '{name}' takes one view: got strong_student_logits/strong_teacher_logits "
+                "(build it with two_views=True if it supports two views)"
+            )
+        if not given:
+            return None
+        assert strong_student is not None and strong_teacher is not None
+        return strong_student, strong_teacher
 
     def _gather(self, x: Tensor, *, differentiable: bool = False, check: bool = False) -> Tensor:
         """Rows of ``x`` from every data-parallel rank, concatenated in rank order.
@@ -195,6 +257,18 @@ class DistillationLoss(nn.Module):
         epoch: float,
     ) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def compute_two_views(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None,
+        targets: Tensor | None,
+        epoch: float,
+        strong_student_logits: Tensor,
+        strong_teacher_logits: Tensor,
+    ) -> LossOutput:  # pragma: no cover - abstract
+        """Two-view counterpart of :meth:`compute` (float32, validated, teacher detached)."""
+        raise NotImplementedError(f"{type(self).__name__} declares two_views but has no compute_two_views")
 
     @staticmethod
     def output(terms: dict[str, Tensor], stats: dict[str, Tensor] | None = None) -> LossOutput:

@@ -1,4 +1,4 @@
-"""Multi-Level Logit Distillation (Jin et al., CVPR 2023), single view.
+"""Multi-Level Logit Distillation (Jin et al., CVPR 2023), one view or weak + strong views.
 
 With ``P = softmax(z / T)`` (B×C), summed over the temperature set ``{4, 3, 5, 2, 6}``:
 
@@ -21,9 +21,22 @@ fraction of classes (about one half; more with ties): ``mask_mode="scale"``, the
 ``mask_mode="select"`` instead averages over the kept samples / Gram rows only (what a mask
 is usually meant to do) and ``"none"`` ignores the masks.
 
-The paper's second, strongly augmented view (RandAugment; CE on both views and an unmasked
-instance term on the strong view) needs a second forward pass of both networks: that is a
-trainer concern. This loss is the weak-view part; call it once per view.
+Two views (``two_views=True``; the published recipe, 480 epochs, strong view = RandAugment):
+called with ``strong_student_logits=`` and ``strong_teacher_logits=`` (see
+:mod:`lud.losses.base`), it adds what the released ``KD_ours.forward_train`` adds — all weights
+as above, masks from the weak view's teacher:
+
+* ``ce_strong = ce_weight·CE(z_S^strong, y)`` (``ce_on_both_views``, on by default);
+* ``instance_strong = instance_weight·Σ_T T²·KL`` **unmasked**. In the release the first three
+  temperatures (4, 3, 5) are taken on the strong view but the last two (2, 6) on the *weak* view's
+  logits (a copy-paste slip in ``KD_ours.py``); ``released_strong_temperatures=True`` (default)
+  reproduces that, ``False`` takes every temperature on the strong view.
+* no class/batch terms on the strong view: the release computes ``loss_cc_strong`` and
+  ``loss_bc_strong`` but leaves them out of its loss dictionary.
+
+Released grouping: ``loss_ce = ce + ce_strong``, ``loss_kd = instance + instance_strong``,
+``loss_cc = class``, ``loss_bc = batch`` (``tests/fixtures/mlkd_two_view_reference.json``).
+With ``two_views=False`` (default) the loss is the weak-view part alone, unchanged.
 
 Logit standardisation (``standardize=True``) applies, as in the LS paper's released code, to the
 instance term only; the Gram alignments and masks use raw logits. Its MLKD+LS values: base
@@ -114,6 +127,10 @@ class MLKDLoss(DistillationLoss):
         mask_mode: ``"scale"`` (released code: masks rescale by the kept fraction),
             ``"select"`` (average over kept samples/rows) or ``"none"``.
         standardize: z-score logits for the instance term (as MLKD+LS does).
+        two_views: take the strong view too (the published two-view recipe).
+        ce_on_both_views: with two views, add the strong view's CE (the release does).
+        released_strong_temperatures: with two views, take the temperatures after the third
+            on the weak view's logits in the strong-view instance term, as the release does.
         validate: check inputs on every call.
 
     Stats: ``sample_keep`` and ``class_keep``, the fractions the masks keep.
@@ -128,6 +145,9 @@ class MLKDLoss(DistillationLoss):
         batch_weight: float = 0.9,
         mask_mode: str = "scale",
         standardize: bool = False,
+        two_views: bool = False,
+        ce_on_both_views: bool = True,
+        released_strong_temperatures: bool = True,
         validate: bool = True,
     ) -> None:
         super().__init__(validate=validate)
@@ -147,6 +167,11 @@ class MLKDLoss(DistillationLoss):
             )
         self.mask_mode = mask_mode
         self.standardize = check_bool("standardize", standardize)
+        self.two_views = check_bool("two_views", two_views)
+        self.ce_on_both_views = check_bool("ce_on_both_views", ce_on_both_views) and self.two_views
+        self.released_strong_temperatures = check_bool(
+            "released_strong_temperatures", released_strong_temperatures
+        )
 
     def compute(
         self,
@@ -187,10 +212,35 @@ class MLKDLoss(DistillationLoss):
             {"sample_keep": s_keep, "class_keep": c_keep},
         )
 
+    def compute_two_views(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None,
+        targets: Tensor | None,
+        epoch: float,
+        strong_student_logits: Tensor,
+        strong_teacher_logits: Tensor,
+    ) -> LossOutput:
+        assert teacher_logits is not None and targets is not None
+        out = self.compute(student_logits, teacher_logits, targets, epoch)
+        terms = dict(out.terms)
+        if self.ce_on_both_views:
+            terms["ce_strong"] = self.ce_weight * F.cross_entropy(strong_student_logits, targets)
+        views = [(strong_student_logits, strong_teacher_logits)] * len(self.temperatures)
+        if self.released_strong_temperatures:
+            views[3:] = [(student_logits, teacher_logits)] * len(views[3:])
+        instance = student_logits.new_zeros(())
+        for temp, (s, t) in zip(self.temperatures, views):
+            if self.standardize:
+                s, t = standardize_logits(s), standardize_logits(t)
+            instance = instance + kl_per_sample(s, t, temp).mean() * (temp * temp)
+        terms["instance_strong"] = self.instance_weight * instance
+        return self.output(terms, out.stat_tensors)
+
     def extra_repr(self) -> str:
         return (
             f"temperatures={self.temperatures}, ce_weight={self.ce_weight}, "
             f"instance_weight={self.instance_weight}, class_weight={self.class_weight}, "
             f"batch_weight={self.batch_weight}, mask_mode='{self.mask_mode}', "
-            f"standardize={self.standardize}"
+            f"standardize={self.standardize}, two_views={self.two_views}"
         )
