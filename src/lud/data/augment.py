@@ -19,6 +19,12 @@ Augmentation kinds (``augment``):
 
 The padding is zero on the ``[0, 1]`` pixel scale (black), i.e. applied before normalisation,
 matching torchvision's ``fill=0`` on the PIL image.
+
+Two views (``strong=BatchRandAugment(n, m)``, :mod:`lud.data.randaugment`):
+:meth:`BatchTransform.two_views` returns ``(weak, strong)`` — the weak view is exactly what
+``forward`` returns; the strong view has its own crop/flip draw followed by RandAugment, as the
+released MLKD and LUD code build it (two independent transform pipelines on the same image).
+Draw order from the one generator: weak crop/flip, strong crop/flip, RandAugment.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .bundle import DataBundle
+from .randaugment import BatchRandAugment
 
 __all__ = ["AUGMENTATIONS", "BATCH_AUGMENTATIONS", "BatchTransform", "make_batch_transform"]
 
@@ -51,6 +58,7 @@ class BatchTransform(nn.Module):
         train: whether this transform augments. An augmenting transform also stops augmenting
             after ``.eval()``; an evaluation transform never augments, whatever ``.train()`` says.
         padding, flip: override the kind's crop padding / flip.
+        strong: the strong view's extra augmentation (enables :meth:`two_views`).
 
     ``forward(x, generator=None)``: uint8 input is divided by 255; floating input is taken to be
     on the ``[0, 1]`` scale already. Random draws come from ``generator`` when given (any device;
@@ -66,6 +74,7 @@ class BatchTransform(nn.Module):
         *,
         padding: int | None = None,
         flip: bool | None = None,
+        strong: BatchRandAugment | None = None,
     ) -> None:
         super().__init__()
         if augment not in AUGMENTATIONS:
@@ -87,6 +96,9 @@ class BatchTransform(nn.Module):
             raise ValueError(f"padding must be >= 0, got {self.padding}")
         self.augment = augment
         self.augments = bool(train) and (self.padding > 0 or self.flip)
+        if strong is not None and not isinstance(strong, BatchRandAugment):
+            raise ValueError(f"strong must be a BatchRandAugment or None, got {type(strong).__name__}")
+        self.strong = strong
         # Not persistent: constants of the data set, not state to checkpoint.
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=False)
@@ -138,7 +150,7 @@ class BatchTransform(nn.Module):
         ]
         return out.permute(0, 3, 1, 2).contiguous()  # advanced indexing put channels last
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def _to_unit(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"BatchTransform expects a B×C×H×W tensor, got {shape}")
@@ -147,18 +159,46 @@ class BatchTransform(nn.Module):
                 f"batch has {x.shape[1]} channels but mean/std have {self.mean.shape[1]} entries"
             )
         if x.dtype == torch.uint8:
-            x = x.to(torch.float32).div_(255.0)
-        elif x.is_floating_point():
-            x = x.to(torch.float32)
-        else:
-            raise ValueError(f"BatchTransform expects uint8 or floating input, got {x.dtype}")
+            return x.to(torch.float32).div_(255.0)
+        if x.is_floating_point():
+            return x.to(torch.float32)
+        raise ValueError(f"BatchTransform expects uint8 or floating input, got {x.dtype}")
+
+    def _crop_flip(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         if self.augments and self.training and x.shape[0] > 0:
-            x = self.apply_params(x, *self.sample_params(x.shape[0], generator, x.device))
+            return self.apply_params(x, *self.sample_params(x.shape[0], generator, x.device))
+        return x
+
+    def _normalise(self, x: Tensor) -> Tensor:
         # .to() is a no-op once the module sits on the batch's device; it saves callers a crash
         # when they move batches to the GPU but forget the transform.
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x = self._to_unit(x)
+        return self._normalise(self._crop_flip(x, generator))
 
-def make_batch_transform(bundle: DataBundle, train: bool) -> BatchTransform:
-    """The train (augmenting) or evaluation transform for ``bundle``."""
-    return BatchTransform(bundle.mean, bundle.std, bundle.augment, train)
+    def two_views(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(weak, strong)`` normalised views of the same images (see the module docstring).
+
+        The weak view equals ``forward(x, generator)`` for the same generator state. Needs a
+        ``strong`` augmentation and training mode; ``ValueError`` otherwise.
+        """
+        if self.strong is None:
+            raise ValueError("two_views needs a strong augmentation (data.strong_augment)")
+        if not self.training:
+            raise ValueError("two_views is for training steps; this transform is in eval mode")
+        x = self._to_unit(x)
+        weak = self._crop_flip(x, generator)
+        strong = self.strong(self._crop_flip(x, generator), generator)
+        return self._normalise(weak), self._normalise(strong)
+
+
+def make_batch_transform(
+    bundle: DataBundle, train: bool, strong: BatchRandAugment | None = None
+) -> BatchTransform:
+    """The train (augmenting) or evaluation transform for ``bundle``; ``strong`` enables
+    :meth:`BatchTransform.two_views` (a trainer passes it only for its training transform)."""
+    return BatchTransform(bundle.mean, bundle.std, bundle.augment, train, strong=strong)
