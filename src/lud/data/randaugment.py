@@ -27,9 +27,11 @@ costs at most 2·14 calls per position instead of 64. Input and output: float im
 (operations, then signs) come from the ``generator`` passed in — the one the batch transform
 already uses — and are read back to the host once per batch (one device sync on a GPU).
 
-Measured cost (this project's 2-core CPU, torch 2.14.1, torchvision 0.29.1, 64 images 3×32×32,
-n = 2, m = 10, median of 20 batches, ``benchmarks``-free one-liner in the h11 report): 12 ms per
-batch — see :data:`MEASURED_MS_PER_BATCH`.
+Measured cost (this project's 2-core CPU, shared: load average ~8 from other jobs; torch 2.14.1,
+torchvision 0.29.1, ``torch.set_num_threads(2)``; 64 random images 3×32×32, n = 2, m = 10, a
+seeded generator, 3 warm-up batches then 20 timed with ``time.perf_counter``): fastest batch
+14 ms, median 43–116 ms over two runs (the spread is the contention). For scale: the crop+flip
+of the weak view is ~1.4 ms per 64 images (1.1 s per CIFAR epoch, docs/environment.md).
 
 The released LUD and MLKD code use a different, FixMatch-style "RandAugment(2, 10)": PIL
 operations at a *random* magnitude each (``m`` is ignored there), plus a Cutout of up to half the
@@ -47,7 +49,7 @@ from torch import Tensor, nn
 __all__ = ["MAX_MAGNITUDE", "MEASURED_MS_PER_BATCH", "OPS", "BatchRandAugment", "check_randaugment"]
 
 MAX_MAGNITUDE = 30  # torchvision's num_magnitude_bins = 31: bins 0..30
-MEASURED_MS_PER_BATCH = 12.0  # see the module docstring; replaced by the measured value
+MEASURED_MS_PER_BATCH = 14.0  # fastest of 20 batches, see the module docstring
 OPS = (
     "identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
     "color", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize",
