@@ -291,3 +291,37 @@ def test_validate_without_registries_skips_names() -> None:
     validate_config(cfg, registries=False)
     with pytest.raises(ConfigError, match="unknown dataset"):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("{num_ops: 2, magnitude: 31}", "magnitude must lie in [0, 30]"),
+        ("{num_ops: -1}", "num_ops must be >= 0"),
+        ("{num_ops: 1.5}", "num_ops must be an integer"),
+        ("{n: 2}", "unknown key 'n'"),
+        ("3", "data.strong_augment"),
+    ],
+)
+def test_strong_augment_values_refused(tmp_path: Path, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path / "c.yaml", MINIMAL), [f"data.strong_augment={value}"])
+    assert fragment in str(info.value) and "strong_augment" in str(info.value)
+
+
+def test_strong_augment_and_two_view_losses_go_together(tmp_path: Path) -> None:
+    ckpt = tmp_path / "t.pt"
+    ckpt.write_bytes(b"")
+    teacher = ["teacher.name=cnn_small", f"teacher.checkpoint={ckpt}"]
+    path = write(tmp_path / "c.yaml", MINIMAL)
+    with pytest.raises(ConfigError, match="takes two views"):
+        load_config(path, [*teacher, "loss.name=lud-released", "loss.params.two_views=true"])
+    with pytest.raises(ConfigError, match="takes one view"):
+        load_config(path, [*teacher, "loss.name=kd", "data.strong_augment={num_ops: 2}"])
+    cfg = load_config(path, [*teacher, "loss.name=mlkd", "loss.params.two_views=true",
+                             "data.strong_augment={num_ops: 2, magnitude: 10}"])
+    assert cfg.data.strong_augment == {"num_ops": 2, "magnitude": 10}
+    with pytest.raises(ConfigError, match="strong view is random"):
+        load_config(path, [*teacher, "loss.name=mlkd", "loss.params.two_views=true",
+                           "data.strong_augment={num_ops: 2}", "data.augment=none",
+                           "runtime.teacher_cache=true"])

@@ -4,8 +4,8 @@ A run is described by one YAML file with the sections below (every key optional 
 ``data.name`` and ``model.name``)::
 
     experiment: {name, output_dir, seed, deterministic}
-    data:       {name, root, val_split, subset, augment, batch_size, eval_batch_size,
-                 num_workers, image_size, eval_test}
+    data:       {name, root, val_split, subset, augment, strong_augment, batch_size,
+                 eval_batch_size, num_workers, image_size, eval_test}
     model:      {name, kwargs}                   # the network being trained
     teacher:    {name, checkpoint, kwargs}       # name: null = no teacher
     loss:       {name, params}                   # build_loss(name, **params)
@@ -116,6 +116,10 @@ class DataConfig:
     val_split: float = 0.0
     subset: int | None = None
     augment: str = "default"
+    # Two views per image: null = one view; {num_ops: n, magnitude: m} = a second, strong view
+    # (the weak view's crop/flip drawn again, then RandAugment(n, m), lud.data.randaugment),
+    # for losses built with two_views=true. Both keys optional (2 and 10).
+    strong_augment: dict[str, Any] | None = None
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
@@ -492,6 +496,25 @@ def teacher_cache_error(augment: str) -> str:
     )
 
 
+STRONG_AUGMENT_KEYS = ("num_ops", "magnitude")
+
+
+def strong_augment_params(value: dict[str, Any]) -> tuple[int, int]:
+    """``(num_ops, magnitude)`` of ``data.strong_augment``; :class:`ConfigError` naming the key."""
+    unknown = [k for k in value if k not in STRONG_AUGMENT_KEYS]
+    _check(
+        not unknown,
+        f"data.strong_augment: unknown key {unknown[0]!r}; valid: {', '.join(STRONG_AUGMENT_KEYS)}"
+        if unknown else "",
+    )
+    from .data.randaugment import check_randaugment
+
+    try:
+        return check_randaugment(value.get("num_ops", 2), value.get("magnitude", 10))
+    except ValueError as exc:
+        raise ConfigError(f"data.strong_augment: {exc}") from None
+
+
 def validate_config(cfg: Config, *, registries: bool = True) -> None:
     """Raise :class:`ConfigError` on the first invalid value.
 
@@ -521,6 +544,8 @@ def validate_config(cfg: Config, *, registries: bool = True) -> None:
         d.image_size is None or d.image_size >= 1,
         f"data.image_size must be null or >= 1, got {d.image_size}",
     )
+    if d.strong_augment is not None:
+        strong_augment_params(d.strong_augment)
     _check(bool(m.name), "model.name is required (see `lud list models`)")
     for sec, kw in (("model", m.kwargs), ("teacher", t.kwargs)):
         for k in _RESERVED_MODEL_KWARGS:
@@ -567,6 +592,11 @@ def validate_config(cfg: Config, *, registries: bool = True) -> None:
         _check(t.name is not None, "runtime.teacher_cache needs a teacher (teacher.name is null)")
         # "default" may resolve to "none" for some data sets; the trainer re-checks the bundle.
         _check(d.augment in ("none", "default"), teacher_cache_error(d.augment))
+        _check(
+            d.strong_augment is None,
+            "runtime.teacher_cache cannot be used with data.strong_augment: the strong view is "
+            "random on every step, so cached teacher logits would belong to another image",
+        )
     if registries:
         _validate_registries(cfg)
 
@@ -605,4 +635,14 @@ def _validate_registries(cfg: Config) -> None:
     _check(
         not loss.requires_teacher or cfg.teacher.name is not None,
         f"loss '{cfg.loss.name}' needs a teacher: set teacher.name and teacher.checkpoint",
+    )
+    _check(
+        not loss.two_views or cfg.data.strong_augment is not None,
+        f"loss '{cfg.loss.name}' takes two views (two_views=true): set data.strong_augment "
+        "(e.g. {num_ops: 2, magnitude: 10})",
+    )
+    _check(
+        loss.two_views or cfg.data.strong_augment is None,
+        f"data.strong_augment is set but loss '{cfg.loss.name}' takes one view: set "
+        "loss.params.two_views=true (lud-released, mlkd) or remove data.strong_augment",
     )
