@@ -28,12 +28,28 @@ def test_tree_equals_the_recipe_script() -> None:
 
 def test_the_required_experiments_exist() -> None:
     names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
-    for method in ("kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "lud"):
+    for method in ("kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "lud", "wttm", "rld"):
         pairs = [p for p in names if p.startswith(f"cifar100/{method}/")]
         assert len(pairs) == 11, (method, pairs)
         for ds in ("fashion_mnist", "mnist5k"):
             assert any(p.startswith(f"{ds}/{method}/") for p in names)
-    assert "imagenet/lud/imagenet_resnet34_imagenet_resnet18.yaml" in names
+    for method in ("lud", "wttm", "rld"):
+        for pair in ("imagenet_resnet34_imagenet_resnet18", "imagenet_resnet50_imagenet_mobilenetv1"):
+            assert f"imagenet/{method}/{pair}.yaml" in names
+
+
+def test_released_lud_recipe() -> None:
+    """The released LUD code's recipe: two views, 480 epochs, lr 0.025 / 0.01, batch 64."""
+    paths = sorted((ROOT / "configs" / "cifar100" / "lud-released").glob("*.yaml"))
+    assert len(paths) == 11
+    for path in paths:
+        cfg = load_config(path, validate=False)
+        light = cfg.model.name in ("ShuffleV1", "ShuffleV2", "MobileNetV2")
+        assert cfg.solver.lr == (0.01 if light else 0.025), path.name
+        assert (cfg.solver.epochs, cfg.data.batch_size) == (480, 64)
+        assert cfg.solver.milestones == [150, 180, 210]
+        assert cfg.data.strong_augment == {"num_ops": 2, "magnitude": 10}
+        assert build_loss(cfg.loss.name, **cfg.loss.params).two_views
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
