@@ -118,7 +118,8 @@ def batch_alignment(
 
 @register_loss("mlkd")
 class MLKDLoss(DistillationLoss):
-    """Single-view MLKD. Terms: ``ce``, ``instance``, ``class``, ``batch``.
+    """MLKD. Terms: ``ce``, ``instance``, ``class``, ``batch`` (+ ``ce_strong``, ``instance_strong``
+    with two views).
 
     Args:
         temperatures: the temperature set; every term is summed over it.
