@@ -636,13 +636,14 @@ def _validate_registries(cfg: Config) -> None:
         not loss.requires_teacher or cfg.teacher.name is not None,
         f"loss '{cfg.loss.name}' needs a teacher: set teacher.name and teacher.checkpoint",
     )
+    two_views = bool(getattr(loss, "two_views", False))  # a user's wrapper module may lack it
     _check(
-        not loss.two_views or cfg.data.strong_augment is not None,
+        not two_views or cfg.data.strong_augment is not None,
         f"loss '{cfg.loss.name}' takes two views (two_views=true): set data.strong_augment "
         "(e.g. {num_ops: 2, magnitude: 10})",
     )
     _check(
-        loss.two_views or cfg.data.strong_augment is None,
+        two_views or cfg.data.strong_augment is None,
         f"data.strong_augment is set but loss '{cfg.loss.name}' takes one view: set "
         "loss.params.two_views=true (lud-released, mlkd) or remove data.strong_augment",
     )
