@@ -1,6 +1,7 @@
 """Cost of lud.engine.gradnorms.term_grad_norms per call (B=128, C=100, CPU, fp32).
 
-Run: ``OMP_NUM_THREADS=2 python scripts/bench_gradnorms.py [loss ...]`` (default: kd lud).
+Run: ``OMP_NUM_THREADS=2 python scripts/bench_gradnorms.py [--reps N] [loss ...]`` (default: kd lud,
+200 reps).
 Prints, per loss, ms per probe call and ms of the loss forward+backward alone, for comparison.
 """
 
@@ -39,6 +40,10 @@ def bench(name: str, b: int = 128, c: int = 100, reps: int = 200) -> tuple[float
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    for loss_name in sys.argv[1:] or ["kd", "lud"]:
-        p, bw = bench(loss_name)
+    args = sys.argv[1:]
+    reps = 200
+    if args[:1] == ["--reps"]:
+        reps, args = int(args[1]), args[2:]
+    for loss_name in args or ["kd", "lud"]:
+        p, bw = bench(loss_name, reps=reps)
         print(f"{loss_name}: probe {p:.3f} ms/call (median), loss backward alone {bw:.3f} ms")
