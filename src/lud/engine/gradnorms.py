@@ -21,14 +21,17 @@ or re-cast copy). A term that does not depend on the logits (a constant, a term 
 weight 0, a term of detached inputs) gets 0.0.
 
 Cost: one autograd pass per term, through the loss only (never through the model). Measured with
-``OMP_NUM_THREADS=2 python scripts/bench_gradnorms.py`` (median per call, B=128, C=100, fp32, the
-project's 2-core CPU shared with other jobs, load average ≈ 7.7, torch 2.14.1, 2026-11-29):
+``scripts/bench_gradnorms.py`` (median per call, B=128, C=100, fp32, torch 2.14.1, the project's
+2-core CPU shared with other jobs at load average ≈ 6–8, 2026-11-29), one thread
+(``torch.set_num_threads(1)``, the steadiest figure on a loaded machine):
 
-* ``kd`` (2 terms): 0.26 ms per probe call; the loss's own backward 0.14 ms (200 reps).
-* ``lud`` (4 terms): 66 ms per probe call; the loss's own backward 35 ms (``--reps 20``).
+* ``kd`` (2 terms): 0.084 ms per probe call; the loss's own backward 0.066 ms (100 reps).
+* ``lud`` (4 terms): 17.5 ms per probe call; the loss's own backward 14.9 ms (20 reps).
 
-So about one to two extra loss-backwards per probed step: for LUD probing every 50 steps adds
-≈ 1.3 ms per step on average, small next to a training step of a model on this CPU.
+With two threads on the same loaded machine the figures were erratic (kd 0.26 ms in one run of 200
+reps, 36 ms in one of 5; lud 66 ms vs a 35 ms backward), i.e. dominated by thread scheduling. In
+every case the probe costs about one extra backward through the loss: for LUD, probing every 50
+steps adds ≈ 0.35 ms per step on average.
 """
 
 from __future__ import annotations
