@@ -146,6 +146,12 @@ SMALL_DATASETS = {
 }
 SMALL_METHODS = ["kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "lud", "wttm", "rld"]
 
+# --- fashion_pairs: 100 classes, two Fashion-MNIST garments side by side (lud.data.fashion_pairs)
+# Sizes are the data set's defaults, written out so that every file states them. Students cache
+# the teacher's logits (no augmentation on this set), so a student run costs its own steps only.
+PAIRS_OPTIONS = {"train_per_class": 300, "test_per_class": 100, "pair_seed": 0}
+PAIRS_EPOCHS = {"teacher": 10, "student": 5}
+
 
 def _config(
     name: str,
@@ -260,7 +266,41 @@ def all_configs() -> dict[Path, dict]:
                     teacher=t,
                     teacher_ckpt=f"runs/{ds}-ce-{t}/best.pt",
                 )
+    _fashion_pairs(out)
     return out
+
+
+def _fashion_pairs(out: dict[Path, dict]) -> None:
+    ds = "fashion_pairs"
+    data = {
+        "name": ds,
+        "root": None,
+        "val_split": 0.1,
+        "augment": "default",
+        "batch_size": 128,
+        "eval_batch_size": 1000,
+        "num_workers": 0,
+        "options": dict(PAIRS_OPTIONS),
+    }
+    teachers = {t for t, _ in SMALL_PAIRS}
+    for m in sorted({m for pair in SMALL_PAIRS for m in pair}):
+        role = "teacher" if m in teachers else "student"
+        solver = dict(SMALL_SOLVER, epochs=PAIRS_EPOCHS[role])
+        out[Path(ds) / "ce" / f"{m}.yaml"] = _config(f"{ds}-ce-{m}", data, m, solver, "ce", {})
+    solver = dict(SMALL_SOLVER, epochs=PAIRS_EPOCHS["student"])
+    for t, s in SMALL_PAIRS:
+        for method in SMALL_METHODS:
+            out[Path(ds) / method / f"{_file_stem(t, s)}.yaml"] = _config(
+                f"{ds}-{method}-{t}_{s}",
+                data,
+                s,
+                solver,
+                method,
+                {},
+                teacher=t,
+                teacher_ckpt=f"runs/{ds}-ce-{t}/best.pt",
+                runtime={"teacher_cache": True},
+            )
 
 
 def render(cfg: dict) -> str:

@@ -5,7 +5,7 @@ A run is described by one YAML file with the sections below (every key optional 
 
     experiment: {name, output_dir, seed, deterministic}
     data:       {name, root, val_split, subset, augment, strong_augment, batch_size,
-                 eval_batch_size, num_workers, image_size, eval_test}
+                 eval_batch_size, num_workers, image_size, eval_test, options}
     model:      {name, kwargs}                   # the network being trained
     teacher:    {name, checkpoint, kwargs}       # name: null = no teacher
     loss:       {name, params}                   # build_loss(name, **params)
@@ -23,8 +23,8 @@ leak into the new loss).
 
 Overrides: ``section.key=value`` (``solver.lr=0.1``, ``loss.params.beta=2``,
 ``solver.milestones=[30,60]``); the value is parsed as YAML. Free-form mappings
-(``model.kwargs``, ``teacher.kwargs``, ``loss.params``) accept new keys; everything else must
-already exist.
+(``model.kwargs``, ``teacher.kwargs``, ``loss.params``, ``data.options``) accept new keys;
+everything else must already exist.
 
 YAML is read with :func:`load_yaml`, which follows YAML 1.2 where PyYAML follows 1.1: only
 ``true``/``false`` are booleans (``amp: off``, ``dynamic_temperature: off`` stay strings) and
@@ -127,6 +127,9 @@ class DataConfig:
     # False: the test set is never scored (hyper-parameter tuning must not see it);
     # needs a validation split, which then picks best.pt.
     eval_test: bool = True
+    # Build-time options of data sets that take them (build_data(..., options=...)); e.g.
+    # fashion_pairs: train_per_class, test_per_class, pair_seed.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -209,7 +212,9 @@ class Config:
 
 
 # Mappings whose keys are free (passed through as **kwargs to a builder).
-_FREE_FORM = {("model", "kwargs"), ("teacher", "kwargs"), ("loss", "params")}
+_FREE_FORM = {
+    ("model", "kwargs"), ("teacher", "kwargs"), ("loss", "params"), ("data", "options"),
+}  # fmt: skip
 _BASE_KEY = "_base_"
 _REPLACE_KEY = "_replace_"
 _MISSING = object()
@@ -604,6 +609,7 @@ def validate_config(cfg: Config, *, registries: bool = True) -> None:
 def _validate_registries(cfg: Config) -> None:
     from .data import available_datasets
     from .data.augment import AUGMENTATIONS
+    from .data.build import DATA_OPTIONS
     from .losses import available_losses, build_loss
     from .losses.registry import suggest
     from .models.registry import resolve_model_name
@@ -611,6 +617,13 @@ def _validate_registries(cfg: Config) -> None:
     datasets, losses = available_datasets(), available_losses()
     key = cfg.data.name.strip().lower().replace("-", "_")  # the spellings build_data accepts
     _check(key in datasets, f"unknown dataset '{cfg.data.name}'.{suggest(key, datasets)}")
+    allowed = DATA_OPTIONS.get(key, ())
+    unknown = sorted(set(cfg.data.options) - set(allowed))
+    _check(
+        not unknown,
+        f"data.options {unknown} not understood by data set '{key}' "
+        f"(it takes: {', '.join(allowed) or 'no options'})",
+    )
     augments = ["default", *AUGMENTATIONS]
     _check(
         cfg.data.augment in augments,

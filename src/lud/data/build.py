@@ -31,17 +31,18 @@ from .bundle import (
     stratified_split,
 )
 from .cifar import load_cifar
+from .fashion_pairs import PAIR_OPTIONS, load_fashion_pairs
 from .idx import load_idx_dataset
 from .imagefolder import load_image_folder, load_tiny_imagenet
 from .small import load_digits_data, load_mnist5k
 from .synthetic import build_synthetic
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "available_datasets", "build_data"]
+__all__ = ["DATA_OPTIONS", "IMAGENET_MEAN", "IMAGENET_STD", "available_datasets", "build_data"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# name -> (reader(root, image_size) -> ArraySplits, default augmentation)
+# name -> (reader(root, image_size, **options) -> ArraySplits, default augmentation)
 _ARRAY: dict[str, tuple[Callable[..., ArraySplits], str]] = {
     "cifar100": (lambda root, size: load_cifar(100, root), "cifar"),
     "cifar10": (lambda root, size: load_cifar(10, root), "cifar"),
@@ -50,7 +51,13 @@ _ARRAY: dict[str, tuple[Callable[..., ArraySplits], str]] = {
     "digits": (lambda root, size: load_digits_data(), "none"),  # 8×8: a 2-pixel shift is 25 %
     "mnist5k": (lambda root, size: load_mnist5k(), "mnist"),
     "synthetic": (lambda root, size: build_synthetic(size), "cifar"),
+    # "none": a flip or shift would move a garment across the seam between the two halves.
+    "fashion_pairs": (lambda root, size, **opts: load_fashion_pairs(root, **opts), "none"),
 }
+# Data sets that take build-time options (``data.options`` in a config), and which.
+DATA_OPTIONS: dict[str, tuple[str, ...]] = {"fashion_pairs": PAIR_OPTIONS}
+# Data sets whose reader builds the validation split itself (from separate source images).
+_OWN_VAL = {"fashion_pairs"}
 # name -> (default image size, default augmentation)
 _FILES: dict[str, tuple[int, str]] = {
     "imagenet": (224, "imagenet"),
@@ -120,6 +127,7 @@ def build_data(
     subset: int | None = None,
     augment: str = "default",
     image_size: int | None = None,
+    options: dict | None = None,
 ) -> DataBundle:
     """Load data set ``name`` from local files (nothing is ever downloaded).
 
@@ -137,6 +145,8 @@ def build_data(
             :data:`lud.data.augment.AUGMENTATIONS`. ``"imagenet"`` needs file-based data.
         image_size: output side length. File data: crop/resize target (default 224, Tiny-ImageNet
             64). In-memory data: resized once at build time (bilinear), default native size.
+        options: build-time options of data sets listed in :data:`DATA_OPTIONS`
+            (``fashion_pairs``: ``train_per_class``, ``test_per_class``, ``pair_seed``).
 
     Raises:
         ValueError: unknown name (valid names listed, nearest first) or bad arguments/files.
@@ -150,6 +160,11 @@ def build_data(
             f"{', '.join(nearest_first(key, valid))}"
         )
     _check_args(val_split, subset, image_size)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DATA_OPTIONS.get(key, ())))
+    if unknown:
+        allowed = ", ".join(DATA_OPTIONS.get(key, ())) or "none"
+        raise ValueError(f"data set {key!r} got unknown options {unknown}; allowed: {allowed}")
     default_aug = _ARRAY[key][1] if key in _ARRAY else _FILES[key][1]
     aug = default_aug if augment == "default" else augment
     if aug not in AUGMENTATIONS:
@@ -161,7 +176,9 @@ def build_data(
                 "augment 'imagenet' (per-image RandomResizedCrop) needs file-based data; for "
                 f"{key!r} use one of {', '.join(a for a in AUGMENTATIONS if a != 'imagenet')}"
             )
-        splits = _ARRAY[key][0](root, image_size)
+        if key in _OWN_VAL:
+            options.update(val_split=val_split, seed=seed)
+        splits = _ARRAY[key][0](root, image_size, **options)
         x_train, x_test = splits.train_images, splits.test_images
         if image_size is not None:
             x_train, x_test = _resize(x_train, image_size), _resize(x_test, image_size)
@@ -185,7 +202,13 @@ def build_data(
         input_shape = (3, size, size)
 
     val = None
-    if val_split > 0:
+    if key in _OWN_VAL and val_split > 0:
+        assert splits.val_images is not None and splits.val_labels is not None
+        x_val = splits.val_images
+        if image_size is not None:
+            x_val = _resize(x_val, image_size)
+        val = ArrayDataset(x_val, splits.val_labels)
+    elif val_split > 0:
         labels = dataset_labels(train)
         n_val = max(1, round(val_split * len(labels)))
         if n_val >= len(labels):

@@ -125,6 +125,8 @@ class ArraySplits:
 
     ``mean``/``std`` are given for data sets with published constants (CIFAR) and left ``None``
     to have :func:`lud.data.build_data` measure them on the full training split.
+    ``val_images``/``val_labels`` are set by readers that build their own leak-free validation
+    split (``fashion_pairs``); :func:`lud.data.build_data` then uses it instead of a carve-out.
     """
 
     train_images: Tensor
@@ -135,6 +137,8 @@ class ArraySplits:
     class_names: list[str] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    val_images: Tensor | None = None
+    val_labels: Tensor | None = None
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:

@@ -124,7 +124,8 @@ def _bundle(cfg: Config, split: str) -> Any:
         val_split, seed, subset = 0.0, 0, None
     else:
         val_split, seed, subset = d.val_split, cfg.experiment.seed, d.subset
-    key = (d.name, d.root, val_split, seed, subset, d.augment, d.image_size)
+    key = (d.name, d.root, val_split, seed, subset, d.augment, d.image_size,
+           repr(sorted(d.options.items())))  # fmt: skip
     if key not in _DATA_CACHE:
         while len(_DATA_CACHE) >= _DATA_CACHE_SIZE:
             _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
@@ -136,6 +137,7 @@ def _bundle(cfg: Config, split: str) -> Any:
             subset=subset,
             augment=d.augment,
             image_size=d.image_size,
+            options=d.options,
         )
     return _DATA_CACHE[key]
 
