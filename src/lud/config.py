@@ -59,7 +59,6 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "load_yaml",
-    "save_config",
     "validate_config",
 ]
 
@@ -363,15 +362,6 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
-    """Write the resolved configuration as YAML (what the run actually used), atomically."""
-    from .engine.checkpoint import atomic_write_text  # lazy: the engine imports this module
-
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    atomic_write_text(text, path)
-
-
-# ----------------------------------------------------------------------------- YAML + merge
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in child.items():

@@ -139,7 +139,7 @@ def evaluate_checkpoint(
     from ..config import ConfigError, apply_overrides, config_from_dict, validate_config
     from ..data import make_batch_transform, make_loader
     from ..engine import evaluate, load_checkpoint, resolve_device
-    from ..engine.trainer import run_data
+    from ..engine.build import run_data
     from ..models import build_model, load_checkpoint_weights
 
     ckpt = load_checkpoint(path)
