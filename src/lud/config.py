@@ -45,6 +45,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 __all__ = [
+    "CONFIGS_DIR",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -59,6 +60,8 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "load_yaml",
+    "packaged_configs",
+    "resolve_config",
     "validate_config",
 ]
 
@@ -595,4 +598,41 @@ def _validate_registries(cfg: Config) -> None:
     _check(
         not loss.requires_teacher or cfg.teacher.name is not None,
         f"loss '{cfg.loss.name}' needs a teacher: set teacher.name and teacher.checkpoint",
+    )
+
+
+# ----------------------------------------------------------------------------- packaged configs
+#: The experiment configs shipped inside the package (``src/lud/configs``).
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs(prefix: str = "") -> list[str]:
+    """Names of the packaged configs (``cifar100/lud/resnet32x4_resnet8x4``) starting with
+    ``prefix``, sorted."""
+    names = (p.relative_to(CONFIGS_DIR).with_suffix("").as_posix()
+             for p in CONFIGS_DIR.rglob("*.yaml"))
+    return sorted(n for n in names if n.startswith(prefix.strip("/")))
+
+
+def resolve_config(spec: str | os.PathLike[str]) -> Path:
+    """The YAML file ``spec`` names: an existing path wins, else a packaged config's name.
+
+    ``cifar100/lud/resnet32x4_resnet8x4`` (``.yaml`` optional) is
+    ``CONFIGS_DIR/cifar100/lud/resnet32x4_resnet8x4.yaml``. Raises ``ConfigError`` naming the
+    closest packaged configs when neither exists.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = str(spec).replace(os.sep, "/").removesuffix(".yaml").strip("/")
+    packaged = CONFIGS_DIR / f"{name}.yaml"
+    if name and ".." not in name.split("/") and packaged.is_file():
+        return packaged
+    close = difflib.get_close_matches(name, packaged_configs(), n=5, cutoff=0.6)
+    if not close:  # a known folder: list what it holds
+        close = packaged_configs(name.rsplit("/", 1)[0] + "/")[:5] if "/" in name else []
+    hint = (" Close names: " + ", ".join(close) + "." if close else "")
+    raise ConfigError(
+        f"config file not found: '{spec}' (nor a packaged config of that name).{hint} "
+        "'lud list configs' lists the packaged configs."
     )
