@@ -77,7 +77,17 @@ def _on_device(loader: Any, device: torch.device) -> DeviceBatches:
 
 
 class Run:
-    """Everything one training run holds; :func:`lud.engine.train` drives it."""
+    """Everything one training run holds; :func:`lud.engine.train` drives it.
+
+    Set by the build steps below (in this order): ``run_dir``, ``resume_ckpt``
+    (:func:`_open_run_folder`); ``bundle``; ``train_loader``, ``eval_loaders``, ``eval_counts``,
+    ``train_tf``, ``eval_tf`` (:func:`_build_loaders`); ``model``, ``loss``, ``teacher``,
+    ``inputs_checked`` (:func:`_build_modules`); ``steps``, ``optimizer``, ``loss_params``,
+    ``reduce``, ``schedule``, ``scaler`` (:func:`_build_optimization`); the progress kept in
+    checkpoints (``best``, ``max_test_top1``, ``start_epoch``, ``saved_epoch``, ``wall_before``,
+    ``teacher_top1``); ``cache`` (:func:`_build_teacher_cache`); ``ddp``, ``forward`` (the
+    module a training step calls) and ``eval_model`` (:func:`_wrap_and_compile`).
+    """
 
     def __init__(self, cfg: Config, resume: bool) -> None:
         self.cfg = cfg
