@@ -28,8 +28,11 @@ test: $(VENV)/.installed
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest \
 		--cov=lud --cov-report=term --cov-fail-under=$(COV_MIN)
 
+# ruff, then the import rules of docs/architecture.md (also checked by tests/test_architecture.py,
+# so `make test` fails on a layer violation too).
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 # Optional O(n log n) soft-rank backend; builds against the venv's torch (no isolated build, which
 # would pull another torch and look for nvcc).

@@ -1,10 +1,12 @@
-"""Write the experiment configs under configs/ from the published recipes (method.md §5–6).
+"""Write the experiment configs under src/lud/configs/ (package data) from the published recipes
+(method.md §5–6).
 
 One experiment = one file, every hyper-parameter spelled out in it (none hidden in file names).
 Re-run after changing a recipe: ``python scripts/make_configs.py``; tests/test_configs_tree.py checks
 that every file here loads and validates, and that the tree equals what this script writes.
-Layout: ``configs/<dataset>/<method>/<teacher>_<student>.yaml`` for distillation and
-``configs/<dataset>/ce/<model>.yaml`` for training a model alone (teachers and student baselines).
+Layout: ``<dataset>/<method>/<teacher>_<student>.yaml`` for distillation and
+``<dataset>/ce/<model>.yaml`` for training a model alone (teachers and student baselines); the
+name without ``.yaml`` is what ``lud train NAME`` and ``lud list configs`` use.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1] / "src" / "lud" / "configs"
 
 # --- CIFAR-100 (mdistiller lineage) -------------------------------------------------------------
 CIFAR_PAIRS = [  # (teacher, student, DKD beta)

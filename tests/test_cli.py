@@ -223,3 +223,20 @@ def test_stop_and_resume_through_cli(
     code, out, _ = run_cli(capsys, "train", cfg, "--resume", "--output-dir", out_dir, "--name", "r")
     assert code == 0 and "epochs: 2/2" in out
     assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "r" / "metrics.jsonl")] == [1, 2]
+
+
+def test_list_configs_and_train_by_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "list", "configs", "fashion_mnist/lud")
+    assert code == 0
+    names = out.split()
+    assert "fashion_mnist/lud/cnn_large_cnn_small" in names
+    assert all(n.startswith("fashion_mnist/lud/") for n in names)
+    code, out, _ = run_cli(capsys, "list", "configs")
+    assert code == 0 and "cifar100/lud/resnet32x4_resnet8x4" in out.split()
+    code, _, err = run_cli(capsys, "list", "configs", "nowhere/")
+    assert code == 2 and "no packaged config name starts with 'nowhere/'" in err
+    code, _, err = run_cli(capsys, "list", "losses", "cifar100")
+    assert code == 2 and "filters configs only" in err
+    code, _, err = run_cli(capsys, "train", "fashion_mnist/lud/cnn_large_cnn_smal")
+    assert code == 2
+    assert "fashion_mnist/lud/cnn_large_cnn_small" in err and "lud list configs" in err

@@ -15,9 +15,9 @@ from lud.config import (
     config_from_dict,
     config_to_dict,
     load_config,
-    save_config,
     validate_config,
 )
+from lud.engine.runfolder import save_config
 
 MINIMAL = {"data": {"name": "synthetic"}, "model": {"name": "cnn_small"}}
 

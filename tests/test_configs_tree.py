@@ -12,7 +12,8 @@ from lud.config import load_config, validate_config
 from lud.losses import build_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIGS_DIR = ROOT / "src" / "lud" / "configs"
+CONFIGS = sorted(CONFIGS_DIR.rglob("*.yaml"))
 _spec = importlib.util.spec_from_file_location("make_configs", ROOT / "scripts" / "make_configs.py")
 make_configs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_configs)
@@ -20,14 +21,14 @@ _spec.loader.exec_module(make_configs)
 
 def test_tree_equals_the_recipe_script() -> None:
     expected = make_configs.all_configs()
-    on_disk = {p.relative_to(ROOT / "configs") for p in CONFIGS}
-    assert on_disk == set(expected), "configs/ is out of date: run scripts/make_configs.py"
+    on_disk = {p.relative_to(CONFIGS_DIR) for p in CONFIGS}
+    assert on_disk == set(expected), "src/lud/configs/ is out of date: run scripts/make_configs.py"
     for rel, cfg in expected.items():
-        assert (ROOT / "configs" / rel).read_text() == make_configs.render(cfg), rel
+        assert (CONFIGS_DIR / rel).read_text() == make_configs.render(cfg), rel
 
 
 def test_the_required_experiments_exist() -> None:
-    names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
+    names = {p.relative_to(CONFIGS_DIR).as_posix() for p in CONFIGS}
     for method in ("kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "lud", "wttm", "rld"):
         pairs = [p for p in names if p.startswith(f"cifar100/{method}/")]
         assert len(pairs) == 11, (method, pairs)
@@ -40,7 +41,7 @@ def test_the_required_experiments_exist() -> None:
 
 def test_released_lud_recipe() -> None:
     """The released LUD code's recipe: two views, 480 epochs, lr 0.025 / 0.01, batch 64."""
-    paths = sorted((ROOT / "configs" / "cifar100" / "lud-released").glob("*.yaml"))
+    paths = sorted((CONFIGS_DIR / "cifar100" / "lud-released").glob("*.yaml"))
     assert len(paths) == 11
     for path in paths:
         cfg = load_config(path, validate=False)
@@ -52,7 +53,7 @@ def test_released_lud_recipe() -> None:
         assert build_loss(cfg.loss.name, **cfg.loss.params).two_views
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(CONFIGS_DIR).as_posix())
 def test_config_validates(path: Path, tmp_path: Path) -> None:
     cfg = load_config(path, validate=False)
     if cfg.teacher.name is not None:
@@ -65,3 +66,41 @@ def test_config_validates(path: Path, tmp_path: Path) -> None:
     validate_config(cfg)
     build_loss(cfg.loss.name, **cfg.loss.params)
     assert cfg.experiment.name == path.stem or cfg.experiment.name.endswith(path.stem)
+
+
+# ----------------------------------------------------------------------------- by name
+def test_packaged_configs_are_the_tree() -> None:
+    from lud.config import CONFIGS_DIR as packaged_dir
+    from lud.config import packaged_configs
+
+    assert packaged_dir.resolve() == CONFIGS_DIR.resolve()
+    names = packaged_configs()
+    assert names == sorted(p.relative_to(CONFIGS_DIR).with_suffix("").as_posix() for p in CONFIGS)
+    lud_cifar = packaged_configs("cifar100/lud")
+    assert len(lud_cifar) == 11 and all(n.startswith("cifar100/lud/") for n in lud_cifar)
+    assert packaged_configs("no_such_dataset") == []
+
+
+def test_a_config_is_found_by_name_or_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lud.config import ConfigError, resolve_config
+
+    name = "cifar100/lud/resnet32x4_resnet8x4"
+    expected = CONFIGS_DIR / f"{name}.yaml"
+    assert resolve_config(name) == expected
+    assert resolve_config(name + ".yaml") == expected
+    assert load_config(resolve_config(name), validate=False).loss.name == "lud"
+    # A file that exists wins over the packaged config of the same name.
+    local = tmp_path / f"{name}.yaml"
+    local.parent.mkdir(parents=True)
+    local.write_text("loss: {name: kd}\n")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config(f"{name}.yaml") == Path(f"{name}.yaml")
+    assert resolve_config(name) == expected  # the name alone is not that path
+    # An unknown name names the close ones.
+    with pytest.raises(ConfigError, match="cifar100/lud/resnet32x4_resnet8x4") as err:
+        resolve_config("cifar100/lud/resnet32x4_resnet8x2")
+    assert "lud list configs" in str(err.value)
+    with pytest.raises(ConfigError, match="config file not found: 'nothing/at/all'"):
+        resolve_config("nothing/at/all")
+    with pytest.raises(ConfigError):
+        resolve_config("../cifar100/lud/resnet32x4_resnet8x4")

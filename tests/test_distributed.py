@@ -217,7 +217,9 @@ def torchrun(*args: str, timeout: float = 150) -> str:
 
     In its own session, so that a hang is ended by killing the launcher *and* its workers.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    # The workers import the same lud as this process (a PYTHONPATH given to pytest is kept).
+    path = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={WORLD}", *args]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -21,7 +21,7 @@ from torch import nn
 
 import lud.data
 import lud.engine
-import lud.engine.trainer as trainer_mod
+import lud.engine.build as build_mod
 import lud.losses
 import lud.models
 from lud import cli
@@ -369,7 +369,7 @@ def test_skip_mode_skips_and_counts_bad_steps(
         lud.losses, "build_loss", lambda name, **kw: _NaNAtCall(real_loss(name, **kw), 3)
     )
     updates: list[int] = []
-    real_opt = trainer_mod.build_optimizer
+    real_opt = build_mod.build_optimizer
 
     def counting_optimizer(*a: Any, **kw: Any) -> torch.optim.Optimizer:
         opt = real_opt(*a, **kw)
@@ -382,7 +382,7 @@ def test_skip_mode_skips_and_counts_bad_steps(
         opt.step = counted  # type: ignore[method-assign]
         return opt
 
-    monkeypatch.setattr(trainer_mod, "build_optimizer", counting_optimizer)
+    monkeypatch.setattr(build_mod, "build_optimizer", counting_optimizer)
     cfg = config_from_dict(yaml.safe_load(proj["config"].read_text()))
     cfg.experiment.name = "nan_skip"
     cfg.runtime.nonfinite = "skip"

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from scipy.special import logsumexp, softmax
 from torch import nn
 
-import lud.engine.trainer as trainer_mod
+import lud.engine.build as build_mod
 import lud.losses
 from lud.config import Config, ConfigError, SolverConfig, config_from_dict
 from lud.data import write_cifar_like
@@ -265,13 +265,13 @@ def test_distillation_keeps_teacher_frozen_and_out_of_checkpoints(
     env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     captured: dict[str, nn.Module] = {}
-    real = trainer_mod.build_teacher
+    real = build_mod.build_teacher
 
     def spy(*args: Any, **kwargs: Any) -> nn.Module:
         captured["t"] = real(*args, **kwargs)
         return captured["t"]
 
-    monkeypatch.setattr(trainer_mod, "build_teacher", spy)
+    monkeypatch.setattr(build_mod, "build_teacher", spy)
     cfg = student_cfg(env, "kd_val", data={"val_split": 0.2}, runtime={"tensorboard": True})
     summary = train(cfg)
     teacher = captured["t"]

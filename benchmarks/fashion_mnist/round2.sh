@@ -13,7 +13,7 @@ JOBS=${JOBS:-2}
 LUD=${LUD:-.venv/bin/lud}
 RECIPE="data.subset=12000 data.augment=none runtime.teacher_cache=true solver.epochs=15 runtime.progress=false"
 TEACHER="teacher.checkpoint=$OUT/fashion_mnist-ce-cnn_large/best.pt"
-cfg=configs/fashion_mnist/lud/$PAIR.yaml
+cfg=fashion_mnist/lud/$PAIR
 "$LUD" tune "$cfg" --grid "benchmarks/fashion_mnist/grid_round2_${PAIR#cnn_large_}.yaml" --seeds 0, \
   --jobs "$JOBS" --output-dir "$OUT/tune2-$PAIR" $TEACHER $RECIPE
 "$LUD" bench "$cfg" --methods "${METHODS:-kd,dist,lud}" --seeds 1,2,3 --jobs "$JOBS" \

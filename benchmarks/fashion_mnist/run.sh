@@ -28,13 +28,13 @@ fi
 RECIPE="data.subset=12000 data.augment=none runtime.teacher_cache=true solver.epochs=15 runtime.progress=false"
 
 if [ ! -f "$OUT/fashion_mnist-ce-cnn_large/summary.json" ]; then
-  "$LUD" train configs/fashion_mnist/ce/cnn_large.yaml --output-dir "$OUT" \
+  "$LUD" train fashion_mnist/ce/cnn_large --output-dir "$OUT" \
     data.subset=12000 solver.epochs=10 runtime.progress=false
 fi
 TEACHER="teacher.checkpoint=$OUT/fashion_mnist-ce-cnn_large/best.pt"
 
 for pair in $PAIRS; do
-  cfg=configs/fashion_mnist/lud/$pair.yaml
+  cfg=fashion_mnist/lud/$pair
   # 1. the same budget for every method: four settings each, seed 0, validation split only
   "$LUD" tune "$cfg" --grid benchmarks/fashion_mnist/grid.yaml --seeds 0, --jobs "$JOBS" \
     --output-dir "$OUT/tune-$pair" $TEACHER $RECIPE

@@ -45,6 +45,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 __all__ = [
+    "CONFIGS_DIR",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -59,7 +60,8 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "load_yaml",
-    "save_config",
+    "packaged_configs",
+    "resolve_config",
     "validate_config",
 ]
 
@@ -372,15 +374,6 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
-    """Write the resolved configuration as YAML (what the run actually used), atomically."""
-    from .engine.checkpoint import atomic_write_text  # lazy: the engine imports this module
-
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    atomic_write_text(text, path)
-
-
-# ----------------------------------------------------------------------------- YAML + merge
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in child.items():
@@ -659,4 +652,44 @@ def _validate_registries(cfg: Config) -> None:
         two_views or cfg.data.strong_augment is None,
         f"data.strong_augment is set but loss '{cfg.loss.name}' takes one view: set "
         "loss.params.two_views=true (lud-released, mlkd) or remove data.strong_augment",
+    )
+
+
+# ----------------------------------------------------------------------------- packaged configs
+#: The experiment configs shipped inside the package (``src/lud/configs``).
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs(prefix: str = "") -> list[str]:
+    """Names of the packaged configs (``cifar100/lud/resnet32x4_resnet8x4``) starting with
+    ``prefix``, sorted; a prefix that is a folder matches inside it only."""
+    names = (p.relative_to(CONFIGS_DIR).with_suffix("").as_posix()
+             for p in CONFIGS_DIR.rglob("*.yaml"))
+    prefix = prefix.strip("/")
+    if prefix and (CONFIGS_DIR / prefix).is_dir():  # a folder: ``cifar100/lud`` not ``lud-released``
+        prefix += "/"
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def resolve_config(spec: str | os.PathLike[str]) -> Path:
+    """The YAML file ``spec`` names: an existing path wins, else a packaged config's name.
+
+    ``cifar100/lud/resnet32x4_resnet8x4`` (``.yaml`` optional) is
+    ``CONFIGS_DIR/cifar100/lud/resnet32x4_resnet8x4.yaml``. Raises ``ConfigError`` naming the
+    closest packaged configs when neither exists.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = str(spec).replace(os.sep, "/").removesuffix(".yaml").strip("/")
+    packaged = CONFIGS_DIR / f"{name}.yaml"
+    if name and ".." not in name.split("/") and packaged.is_file():
+        return packaged
+    close = difflib.get_close_matches(name, packaged_configs(), n=5, cutoff=0.6)
+    if not close:  # a known folder: list what it holds
+        close = packaged_configs(name.rsplit("/", 1)[0] + "/")[:5] if "/" in name else []
+    hint = (" Close names: " + ", ".join(close) + "." if close else "")
+    raise ConfigError(
+        f"config file not found: '{spec}' (nor a packaged config of that name).{hint} "
+        "'lud list configs' lists the packaged configs."
     )

@@ -25,7 +25,7 @@ _COMMANDS = {
     "bench": "benchmark methods side by side over seeds (and ablate LUD); write the tables",
     "tune": "tune every method's loss parameters with the same budget on the validation split",
     "report": "plots and a Markdown page for a run folder or a benchmark folder",
-    "list": "list registered losses, models and data sets",
+    "list": "list registered losses, models and data sets, and the packaged configs",
     "demo": "run the built-in demonstration",
 }
 
@@ -52,7 +52,11 @@ def _top_help() -> str:
 # ----------------------------------------------------------------------------- train
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lud train", description=_COMMANDS["train"])
-    p.add_argument("config", help="YAML config file")
+    p.add_argument(
+        "config",
+        help="YAML config file, or the name of a packaged config "
+        "(e.g. cifar100/lud/resnet32x4_resnet8x4; see 'lud list configs')",
+    )
     p.add_argument(
         "overrides",
         nargs="*",
@@ -74,11 +78,11 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(argv: list[str]) -> int:
-    from ..config import load_config, validate_config
+    from ..config import load_config, resolve_config, validate_config
     from ..engine import train
 
     args = _train_parser().parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides, validate=False)
+    cfg = load_config(resolve_config(args.config), args.overrides, validate=False)
     if args.output_dir is not None:
         cfg.experiment.output_dir = args.output_dir
     if args.name is not None:
@@ -139,7 +143,7 @@ def evaluate_checkpoint(
     from ..config import ConfigError, apply_overrides, config_from_dict, validate_config
     from ..data import make_batch_transform, make_loader
     from ..engine import evaluate, load_checkpoint, resolve_device
-    from ..engine.trainer import run_data
+    from ..engine.build import run_data
     from ..models import build_model, load_checkpoint_weights
 
     ckpt = load_checkpoint(path)
@@ -276,9 +280,11 @@ def _add_jobs(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_bench(argv: list[str]) -> int:
+    from ..config import resolve_config
     from ..experiments.bench import plan_bench, run_bench
 
     args = _bench_parser().parse_intermixed_args(argv)
+    args.config = str(resolve_config(args.config))
     methods = None if args.methods is None else args.methods.split(",")
     kwargs = {"method_params": args.method_params, "ablate": args.ablate}
     if args.dry_run:
@@ -338,9 +344,11 @@ def _tune_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_tune(argv: list[str]) -> int:
+    from ..config import resolve_config
     from ..experiments.tune import run_tune
 
     args = _tune_parser().parse_intermixed_args(argv)
+    args.config = str(resolve_config(args.config))
     results = run_tune(
         args.config, args.grid, args.seeds, args.overrides, args.output_dir, jobs=args.jobs
     )
@@ -380,18 +388,33 @@ def _list_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "kind",
         nargs="?",
-        choices=("losses", "models", "datasets"),
+        choices=("losses", "models", "datasets", "configs"),
         help="what to list (default: everything, with headers)",
+    )
+    p.add_argument(
+        "prefix",
+        nargs="?",
+        default="",
+        help="with 'configs': only names starting with this (e.g. cifar100/lud)",
     )
     return p
 
 
 def _cmd_list(argv: list[str]) -> int:
     args = _list_parser().parse_args(argv)
+    from ..config import packaged_configs
     from ..data import available_datasets
     from ..losses import available_losses
     from ..models import available_models
 
+    if args.prefix and args.kind != "configs":
+        raise ValueError(f"a prefix ('{args.prefix}') filters configs only: lud list configs PREFIX")
+    if args.kind == "configs":
+        names = packaged_configs(args.prefix)
+        if not names:
+            raise ValueError(f"no packaged config name starts with '{args.prefix}'")
+        print("\n".join(names))
+        return 0
     tables = {
         "losses": available_losses,
         "models": available_models,
@@ -400,9 +423,10 @@ def _cmd_list(argv: list[str]) -> int:
     if args.kind is not None:
         print("\n".join(tables[args.kind]()))
         return 0
-    for i, (kind, names) in enumerate(tables.items()):
+    for i, (kind, names_of) in enumerate(tables.items()):
         print(("\n" if i else "") + f"{kind}:")
-        print("\n".join(f"  {n}" for n in names()))
+        print("\n".join(f"  {n}" for n in names_of()))
+    print(f"\nconfigs: {len(packaged_configs())} packaged ('lud list configs [PREFIX]' lists them)")
     return 0
 
 

@@ -1,8 +1,8 @@
 """Training engine: :func:`train` a model (teacher or student) and :func:`evaluate` it.
 
->>> from lud.config import load_config
+>>> from lud.config import load_config, resolve_config
 >>> from lud.engine import train
->>> summary = train(load_config("configs/cifar100/kd/resnet32x4_resnet8x4.yaml"))  # doctest: +SKIP
+>>> summary = train(load_config(resolve_config("cifar100/kd/resnet32x4_resnet8x4")))  # doctest: +SKIP
 """
 
 from .checkpoint import (

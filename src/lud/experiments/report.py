@@ -74,7 +74,7 @@ def discover_runs(path: str | os.PathLike[str]) -> tuple[str, list[RunGroup], Co
     Raises:
         ValueError: no run folder found.
     """
-    from .bench import STUDENT, base_config_of, load_manifest, run_status
+    from .runs import STUDENT, base_config_of, load_manifest, run_status
 
     root = Path(path)
     if not root.is_dir():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench import (
+from .runs import (
     FAILED_FILE,
     STUDENT,
     base_config_of,
@@ -78,8 +78,8 @@ class BenchResult:
 def _run_record(
     bench_dir: Path, entry: dict[str, Any], variant: dict[str, Any], evaluate: bool
 ) -> dict[str, Any]:
-    from .bench import _read_json
     from .calibration import evaluate_run
+    from .runs import _read_json
 
     run = bench_dir / entry["run_dir"]
     rec: dict[str, Any] = {

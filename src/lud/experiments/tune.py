@@ -41,7 +41,8 @@ from typing import Any
 import yaml
 
 from ..config import Config, ConfigError, LossConfig, TeacherConfig, config_to_dict
-from .bench import _base_config, _read_json, check_same_recipe, parse_seeds, prepare_run
+from .bench import _base_config, check_same_recipe, parse_seeds, prepare_run
+from .runs import _read_json
 from .scheduler import FAILED_FILE
 
 __all__ = ["TUNE_FILE", "TrialResult", "load_grid", "run_tune"]

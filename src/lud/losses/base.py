@@ -245,7 +245,7 @@ class DistillationLoss(nn.Module):
 
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return x
-        from ..engine.distributed import gather_rows  # lazy: keeps losses free of the engine
+        from .distributed import gather_rows
 
         return gather_rows(x, differentiable=differentiable, check=check)
 

@@ -1,0 +1,195 @@
+"""One training step: augment the batch, compute the logits and the loss, update the student.
+
+:func:`compute_loss` is the one place where the student's (and the live teacher's) logits are
+computed and handed to the loss; anything that changes what a loss sees (several augmented views
+of a batch, per-term gradient statistics on the student logits) belongs there. :func:`train_step`
+(``runtime.nonfinite='stop'``) and :func:`guarded_step` (``'skip'``) wrap it with the backward
+pass and the optimizer update; :mod:`lud.engine.loop` calls them once per batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from . import distributed
+from .runlog import logger
+
+if TYPE_CHECKING:
+    from .build import Run
+
+__all__ = [
+    "TrainingDivergedError",
+    "augment",
+    "compute_loss",
+    "diverged",
+    "guarded_step",
+    "train_step",
+]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN/Inf; the message names the epoch and step."""
+
+
+def diverged(run: Run, epoch: int, step: int, what: str) -> TrainingDivergedError:
+    """The error for a NaN/Inf at ``step`` of ``epoch``, with what is kept and what to try."""
+    return TrainingDivergedError(
+        f"training diverged at epoch {epoch + 1}, step {step + 1} of {run.steps}: "
+        f"{what}; {run.kept()}. "
+        "Try a lower solver.lr, more warm-up (solver.warmup_epochs) or runtime.amp=off, or "
+        "continue with --resume runtime.nonfinite=skip to skip such steps."
+    )
+
+
+def augment(run: Run, x: Tensor, gen: torch.Generator) -> Tensor:
+    """The training transform of this rank's batch ``x`` (already on the device).
+
+    Data-parallel: the crop/flip parameters of the global batch are drawn (the same on every
+    rank) and this rank keeps rows ``rank, rank + W, ...`` — the rows it holds of the global
+    batch, since the loader shards sample positions round-robin. The images are then exactly
+    those one process with the global batch would train on.
+    """
+    tf, world = run.train_tf, run.ctx.world_size
+    if world == 1 or not (tf.augments and tf.training):
+        return tf(x, generator=gen)
+    top, left, flip = tf.sample_params(x.shape[0] * world, gen)
+    mine = slice(run.ctx.rank, None, world)
+    x = x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
+    x = tf.apply_params(x, top[mine], left[mine], flip[mine])
+    return run.eval_tf(x)  # normalisation only: an evaluation transform never augments
+
+
+def any_rank(run: Run, flag: Tensor) -> bool:
+    """``flag`` (a 0-d bool tensor) on this rank or, data-parallel, on any rank."""
+    value = flag.to(torch.long).reshape(())
+    if run.ctx.distributed:
+        value = distributed.all_reduce_max(value.clone())
+    return bool(value)
+
+
+def compute_loss(
+    run: Run,
+    x: Tensor,
+    t_logits: Tensor | None,
+    y: Tensor,
+    epoch: int,
+    step: int,
+    *,
+    first_bad: Tensor | None = None,
+    skip_bad_logits: bool = False,
+) -> tuple[Any, Tensor] | None:
+    """Student (and live teacher) logits of batch ``x`` and the loss on them: ``(output, logits)``.
+
+    ``t_logits`` come from the teacher cache, or are ``None`` (then the live teacher, if any,
+    computes them). With ``skip_bad_logits``, returns ``None`` before calling the loss when the
+    student's logits are NaN/Inf on any rank. A ``ValueError`` of the loss (bad data, a broken
+    teacher) gets the epoch and step; with ``first_bad`` (the sync-free NaN tracking of
+    ``runtime.nonfinite='stop'``) it becomes a :class:`TrainingDivergedError` when the student's
+    logits are not finite (a NaN loss at an earlier step poisoned the weights).
+    """
+    with run.ctx.autocast():
+        if run.teacher is not None and run.cache is None:
+            with torch.no_grad():
+                t_logits = run.teacher(x)
+        s_logits = run.forward(x)
+    if skip_bad_logits and any_rank(run, ~torch.isfinite(s_logits.detach()).all()):
+        return None
+    try:
+        out = run.loss(s_logits, t_logits, y, epoch=epoch + step / run.steps)
+    except ValueError as exc:
+        if first_bad is not None and not bool(torch.isfinite(s_logits).all()):
+            # A NaN loss at an earlier step poisoned the weights: report that step.
+            bad_step = int(first_bad)
+            what = "the loss is NaN/Inf" if bad_step >= 0 else "the student's logits are NaN/Inf"
+            raise diverged(run, epoch, bad_step if bad_step >= 0 else step, what) from None
+        raise ValueError(f"epoch {epoch + 1}, step {step + 1}: {exc}") from exc
+    return out, s_logits
+
+
+def _backward(run: Run, total: Tensor) -> None:
+    """Gradients of ``total`` (DDP averages the model's; the loss module's are averaged here)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(total).backward()
+    if run.loss_params:
+        distributed.average_gradients(run.loss_params)
+
+
+def _apply(run: Run) -> None:
+    """The optimizer step (through the fp16 scaler, if on) and the next learning rate."""
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.schedule.step()
+
+
+def train_step(
+    run: Run,
+    x: Tensor,
+    t_logits: Tensor | None,
+    y: Tensor,
+    epoch: int,
+    step: int,
+    first_bad: Tensor,
+) -> tuple[Any, Tensor]:
+    """One training step, ``runtime.nonfinite='stop'``: NaN is detected without a sync."""
+    run.loss.validate = not run.inputs_checked
+    result = compute_loss(run, x, t_logits, y, epoch, step, first_bad=first_bad)
+    assert result is not None  # only skip_bad_logits returns None
+    out, s_logits = result
+    run.inputs_checked = True
+    _backward(run, out.total)
+    _apply(run)
+    return out, s_logits
+
+
+def guarded_step(
+    run: Run, x: Tensor, t_logits: Tensor | None, y: Tensor, epoch: int, step: int
+) -> tuple[Any, Tensor] | None:
+    """One step, ``runtime.nonfinite='skip'``: ``None`` if it was skipped.
+
+    A step is skipped — no optimizer update, BatchNorm and loss buffers restored to their
+    values before it — when the student's logits, the loss or (without fp16 loss scaling,
+    which has its own skipping) a gradient is NaN/Inf. That costs a device sync per step,
+    and a collective per check when data-parallel, so that every rank skips together.
+    """
+    modules = (run.model, run.loss)
+    buffers = [b.detach().clone() for m in modules for b in m.buffers()]
+
+    def skip(what: str) -> None:
+        run.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, saved in zip((b for m in modules for b in m.buffers()), buffers):
+                b.copy_(saved)
+        run.schedule.step()  # the schedule counts iterations, skipped ones included
+        logger.warning(
+            "epoch %d, step %d/%d: %s; step skipped (runtime.nonfinite=skip)",
+            epoch + 1,
+            step + 1,
+            run.steps,
+            what,
+        )
+
+    result = compute_loss(run, x, t_logits, y, epoch, step, skip_bad_logits=True)
+    if result is None:
+        skip("the student's logits are NaN/Inf")
+        return None
+    out, s_logits = result
+    if any_rank(run, ~torch.isfinite(out.total.detach())):
+        skip("the loss is NaN/Inf")
+        return None
+    _backward(run, out.total)
+    if not run.scaler.is_enabled():
+        grads = [
+            p.grad
+            for group in run.optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else None
+        if finite is not None and any_rank(run, ~finite):
+            skip("a gradient is NaN/Inf")
+            return None
+    _apply(run)
+    return out, s_logits
