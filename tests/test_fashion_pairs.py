@@ -151,3 +151,18 @@ def test_options_only_for_data_sets_that_take_them(root):
     with pytest.raises(ConfigError, match=r"data.options \['size'\] not understood"):
         validate_config(config_from_dict({**base, "data": {
             "name": "fashion_pairs", "options": {"size": 5}}}))  # fmt: skip
+
+
+def test_a_run_config_passes_its_data_options(root):
+    """``data.options`` of a run config reach the data set (the trainer's and ``lud eval``'s data)."""
+    from lud.engine.build import run_data
+
+    cfg = config_from_dict({
+        "experiment": {"name": "pairs", "seed": 0},
+        "data": {"name": "fashion_pairs", "root": str(root), "val_split": 0.0,
+                 "options": {"train_per_class": 7, "test_per_class": 3, "pair_seed": 1}},
+        "model": {"name": "mlp_tiny"},
+        "loss": {"name": "ce"},
+    })
+    bundle = run_data(cfg)
+    assert len(bundle.train) == 7 * 100 and len(bundle.test) == 3 * 100

@@ -463,3 +463,27 @@ def test_empty_file_is_a_value_error(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_checkpoint_weights(build_model("resnet8", 100), empty)
+
+
+def test_small_cnn_pool_grid_keeps_left_and_right_apart() -> None:
+    """Global pooling cannot tell an image from its left-right swap; a (1, 2) grid can."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 28, 56)
+    swapped = torch.cat([x[..., 28:], x[..., :28]], dim=-1)
+    gap = build_model("cnn_small", num_classes=100, in_channels=1).eval()
+    grid = build_model("cnn_small", num_classes=100, in_channels=1, pool_grid=[1, 2]).eval()
+    with torch.no_grad():
+        f_gap = gap.pool(gap.features(x)).flatten(1)
+        f_gap_swapped = gap.pool(gap.features(swapped)).flatten(1)
+        f_grid = grid.pool(grid.features(x)).flatten(1)
+        f_grid_swapped = grid.pool(grid.features(swapped)).flatten(1)
+        assert grid(x).shape == (3, 100)
+    # the (1, 2) grid's features are the halves' features, in order; the swap swaps them
+    assert f_grid.shape == (3, 2 * 64)
+    halves = f_grid.view(3, 64, 2)
+    halves_swapped = f_grid_swapped.view(3, 64, 2)
+    assert not torch.allclose(halves, halves_swapped, atol=1e-3)
+    # interior features are translation-equivariant; only the seam and borders differ under GAP
+    assert (f_gap - f_gap_swapped).abs().max() < (halves - halves_swapped).abs().max()
+    with pytest.raises(ValueError, match="pool_grid"):
+        build_model("cnn_small", num_classes=10, in_channels=1, pool_grid=[0, 2])

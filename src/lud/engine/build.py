@@ -47,7 +47,8 @@ def run_data(cfg: Config) -> DataBundle:
 
     d = cfg.data
     return build_data(d.name, d.root, val_split=d.val_split, seed=cfg.experiment.seed,
-                      subset=d.subset, augment=d.augment, image_size=d.image_size)
+                      subset=d.subset, augment=d.augment, image_size=d.image_size,
+                      options=d.options)
 
 
 def _dummy_forward(
