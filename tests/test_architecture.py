@@ -44,6 +44,9 @@ def test_the_package_keeps_its_layers() -> None:
         ("engine/metrics.py", "def _leak():\n    from ..cli import main\n",
          "Nothing imports the command line"),
         ("config.py", "def _leak():\n    from .experiments import bench\n", "Layers"),
+        ("experiments/bench.py", "def _leak():\n    from ..integrations import hf\n",
+         "Nothing but the command line imports the integrations"),
+        ("integrations/tokens.py", "def _leak():\n    from ..cli import main\n", "Layers"),
     ],
 )
 def test_a_violation_is_caught(tmp_path: Path, module: str, line: str, contract: str) -> None:

@@ -1,0 +1,254 @@
+"""Distillation inside a Hugging Face ``transformers.Trainer`` (the ``hf`` extra).
+
+>>> trainer = DistillationTrainer(model=student, teacher_model=teacher, loss="lud",
+...                               loss_params={"cdl_weight": 0.0}, args=args,
+...                               train_dataset=train)  # doctest: +SKIP
+>>> trainer.train()  # doctest: +SKIP
+
+:meth:`DistillationTrainer.compute_loss` (the Trainer's documented extension point) runs the
+student and, without gradient, the teacher on the same inputs, keeps the positions whose label is
+not ``-100`` (shifted by one for causal language models, as Hugging Face's own loss does) and
+hands the ``(N, C)`` rows to a loss of :mod:`lud.losses`. Classification models (logits
+``(B, C)``, labels ``(B,)``) go through the same path without the shift.
+
+The teacher is frozen (eval mode, ``requires_grad=False``), moved to the student's device by the
+trainer itself and kept out of the optimizer, the checkpoints and any DDP/accelerate wrapping. The
+loss module's parameters (CTKD's temperature) join the optimizer in a param group of their own
+(no weight decay); its state (parameters and buffers, e.g. LUD's running thresholds) is written
+next to the model as ``distillation_loss.pt`` and read back on ``resume_from_checkpoint``.
+
+Logging: each training log row of the Trainer gets ``loss/<term>`` (the loss's named terms) and
+``stat/<name>`` (its statistics), averaged over the steps since the previous row. They are summed
+as detached tensors and read once per row, so a step adds no device synchronisation. Under
+multi-process training they are this process's values (the Trainer's ``loss`` is the global mean).
+
+Large label spaces: LUD's category term (and MLKD's class term, the released LUD's ``cc``) builds a
+C x C Gram matrix, the sample/batch terms an N x N one over the valid tokens. At a 32k vocabulary
+the C x C matrix alone is 4 GiB and its row ranks cost many times that, so the trainer refuses, with
+a ``ValueError`` naming the term and its size, any step whose Gram matrix would exceed
+``max_gram_elements`` (default 2**22, a 2048 x 2048 matrix). Switch the term off
+(``loss_params={"cdl_weight": 0}``), use fewer tokens per batch, or raise the bound. A loss that
+exposes a ``top_k``/``class_subset`` class restriction is measured at that size.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer, TrainerCallback
+
+from lud.losses import DistillationLoss, LossOutput, build_loss
+
+from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX, check_gram_budget, valid_rows
+
+__all__ = ["DistillationTrainer", "LOSS_STATE_FILE"]
+
+LOSS_STATE_FILE = "distillation_loss.pt"
+
+
+def _logits(outputs: Any) -> Tensor:
+    if isinstance(outputs, dict) or hasattr(outputs, "logits"):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+    else:
+        logits = outputs[0]
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"the model returned no logits tensor (got {type(logits).__name__})")
+    return logits
+
+
+def _is_causal_lm(model: nn.Module) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+class _AverageLossGradients(TrainerCallback):
+    """Multi-process training: average the loss parameters' gradients across ranks.
+
+    The loss module is not wrapped by DDP (it is not part of the model), so without this every
+    rank would step its own copy of, e.g., CTKD's temperature. Runs before each optimizer step on
+    every rank (a missing gradient counts as zero), so the collectives always match.
+    """
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        self.params = params
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+class DistillationTrainer(Trainer):
+    """A ``transformers.Trainer`` that trains ``model`` (the student) to match a frozen teacher.
+
+    Args:
+        *args, **kwargs: everything ``transformers.Trainer`` takes (``model`` is the student).
+        teacher_model: the teacher; same inputs, same label space (vocabulary or classes) as the
+            student. Frozen and moved to the training device here.
+        loss: a registered loss name (``lud.losses.available_losses()``) or a built
+            :class:`~lud.losses.DistillationLoss`. Default ``"kd"``.
+        loss_params: keyword arguments of :func:`lud.losses.build_loss` (only with a name).
+        shift_labels: ``True`` for causal language modelling (logit ``t`` predicts label
+            ``t + 1``); ``None`` (default) decides from the student's class like Hugging Face does.
+        ignore_index: label value of positions that do not count (default ``-100``).
+        max_gram_elements: largest Gram matrix (elements) a loss may build; see the module doc.
+
+    Raises:
+        ValueError: a two-view loss, ``loss_params`` with a built loss, a teacher that shares
+            parameters with the student; during training, mismatched vocabularies/class counts or
+            sequence lengths, or a Gram matrix above ``max_gram_elements``.
+    """
+
+    # our loss is a mean over this micro-batch's valid tokens: the Trainer divides it by the
+    # gradient-accumulation steps (transformers >= 5 reads the first flag, 4.x the second)
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher_model: nn.Module,
+        loss: str | DistillationLoss = "kd",
+        loss_params: dict[str, Any] | None = None,
+        shift_labels: bool | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        max_gram_elements: int = DEFAULT_MAX_GRAM_ELEMENTS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        device = self._student_device()
+        self.distillation_loss = self._build_loss(loss, loss_params).to(device)
+        self.teacher_model = self._freeze(teacher_model, device)
+        self.shift_labels = shift_labels
+        self.ignore_index = int(ignore_index)
+        if max_gram_elements < 1:
+            raise ValueError(f"max_gram_elements must be >= 1, got {max_gram_elements}")
+        self.max_gram_elements = int(max_gram_elements)
+        self._log_sums: dict[str, Tensor] = {}
+        self._log_counts: dict[str, int] = {}
+        loss_params_list = [p for p in self.distillation_loss.parameters() if p.requires_grad]
+        if loss_params_list:
+            self.add_callback(_AverageLossGradients(loss_params_list))
+
+    # -- set-up ---------------------------------------------------------------------------------
+    @staticmethod
+    def _build_loss(loss: str | DistillationLoss, params: dict[str, Any] | None) -> DistillationLoss:
+        if isinstance(loss, str):
+            built = build_loss(loss, **(params or {}))
+        elif isinstance(loss, DistillationLoss):
+            if params:
+                raise ValueError("loss_params is only for a loss given by name; this loss is already built")
+            built = loss
+        else:
+            raise ValueError("loss must be a registered name or a DistillationLoss, "
+                             f"got {type(loss).__name__}")
+        if built.two_views:
+            raise ValueError(f"loss '{type(built).__name__}' takes two augmented views; the Trainer "
+                             "integration feeds one view (build it with two_views=False)")
+        return built
+
+    def _student_device(self) -> torch.device:
+        # where the Trainer put the student (args.device, unless the model was placed by the user)
+        first = next(self.model.parameters(), None)
+        return first.device if first is not None else self.args.device
+
+    def _freeze(self, teacher: nn.Module, device: torch.device) -> nn.Module:
+        if not isinstance(teacher, nn.Module):
+            raise ValueError(f"teacher_model must be a torch.nn.Module, got {type(teacher).__name__}")
+        student_ids = {id(p) for p in self.model.parameters()}
+        if teacher is self.model or any(id(p) in student_ids for p in teacher.parameters()):
+            raise ValueError("teacher_model shares parameters with the student: pass a separate copy")
+        teacher.eval()
+        teacher.requires_grad_(False)
+        return teacher.to(device)
+
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        """The Trainer's optimizer plus a group (no weight decay) for the loss's parameters."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        extra = [p for p in self.distillation_loss.parameters() if p.requires_grad and id(p) not in present]
+        if extra:
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
+
+    # -- the loss -------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Tensor | tuple[Tensor, Any]:
+        """Distillation loss of the batch (a mean over its valid positions)."""
+        if "labels" not in inputs:
+            raise ValueError("DistillationTrainer needs 'labels' in every batch (use -100 to ignore "
+                             f"a position); got keys {sorted(inputs)}")
+        labels = inputs["labels"]
+        features = {k: v for k, v in inputs.items() if k != "labels"}  # no second loss inside HF
+        outputs = model(**features)
+        if self.teacher_model.training:  # someone called .train() on it: keep dropout off
+            self.teacher_model.eval()
+        with torch.no_grad():
+            teacher_logits = _logits(self.teacher_model(**features))
+        student_logits = _logits(outputs)
+        shift = self.shift_labels
+        if shift is None:
+            shift = _is_causal_lm(self.accelerator.unwrap_model(model)) and student_logits.dim() == 3
+        s, t, y = valid_rows(student_logits, teacher_logits, labels, shift=shift,
+                             ignore_index=self.ignore_index)
+        if s.shape[0] == 0:
+            # nothing to learn from: a zero that keeps the graph (DDP expects every rank to backward)
+            loss = student_logits.sum() * 0.0
+        else:
+            check_gram_budget(self.distillation_loss, s.shape[0], s.shape[1], self.max_gram_elements)
+            self.distillation_loss.train(model.training)  # running buffers move in training only
+            out = self.distillation_loss(s, t, y, epoch=float(self.state.epoch or 0.0))
+            loss = out.total
+            if model.training:
+                self._accumulate(out)
+        return (loss, outputs) if return_outputs else loss
+
+    # -- logging --------------------------------------------------------------------------------
+    def _accumulate(self, out: LossOutput) -> None:
+        device = out.total.device
+        items = [(f"loss/{k}", v) for k, v in out.terms.items()]
+        items += [(f"stat/{k}", v) for k, v in out.stat_tensors.items()]
+        for key, value in items:
+            value = value.detach().float().to(device)
+            self._log_sums[key] = self._log_sums[key] + value if key in self._log_sums else value
+            self._log_counts[key] = self._log_counts.get(key, 0) + 1
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """The Trainer's log row, plus the loss terms and statistics on training rows."""
+        if "loss" in logs and self._log_sums:
+            keys = list(self._log_sums)
+            means = torch.stack([self._log_sums[k] / self._log_counts[k] for k in keys]).tolist()
+            logs = {**logs, **dict(zip(keys, means))}
+            self._log_sums, self._log_counts = {}, {}
+        super().log(logs, *args, **kwargs)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        state = self.distillation_loss.state_dict()
+        if state and self.args.should_save:
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            os.makedirs(folder, exist_ok=True)
+            torch.save(state, os.path.join(folder, LOSS_STATE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, *args, **kwargs)
+        path = os.path.join(resume_from_checkpoint, LOSS_STATE_FILE)
+        if os.path.isfile(path):
+            state = torch.load(path, map_location=self.args.device, weights_only=True)
+            self.distillation_loss.load_state_dict(state)
