@@ -248,6 +248,27 @@ def test_linear_degenerate_rows() -> None:
     assert soft_rank(unstd, backend="linear", standardize=False).tolist() == [[2.5] * 4]
 
 
+def test_numpy_sort_path_equals_torch_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU fast path (numpy argsort) and torch.sort give the same ranks and gradients."""
+    g = torch.Generator().manual_seed(27)
+    x = torch.cat([torch.randn(5, 40, generator=g),
+                   torch.randint(0, 4, (5, 40), generator=g).float()])  # ties too
+    w = torch.randn(10, 40, generator=g)
+    v, order = ranking._sort_rows(x)
+    assert torch.equal(v, x.sort(dim=-1).values) and torch.equal(x.gather(-1, order), v)
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(ranking, "_NUMPY_SORT_DTYPES", ())
+        xr = x.clone().requires_grad_(True)
+        r = soft_rank(xr, strength=0.05, backend="linear")
+        (r * w).sum().backward()
+        results.append((hard_rank(x), r.detach(), xr.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(results[0][2], results[1][2], rtol=0, atol=1e-4)
+
+
 def test_linear_memory_1000x1000_under_128mb() -> None:
     code = textwrap.dedent(
         """
