@@ -197,13 +197,14 @@ def _center_unit_max(x: Tensor, dim: int, rel_eps: float) -> tuple[Tensor, Tenso
     underflow debris, so their order carries no information worth a gradient.
     """
     xc = x - x.mean(dim=dim, keepdim=True)
-    spread = xc.detach().abs().amax(dim=dim, keepdim=True)
-    magnitude = x.detach().abs().amax(dim=dim, keepdim=True)
+    # max |.| as one reduction (fewer kernels than abs + amax; the value is identical)
+    spread = torch.linalg.vector_norm(xc.detach(), ord=math.inf, dim=dim, keepdim=True)
+    magnitude = torch.linalg.vector_norm(x.detach(), ord=math.inf, dim=dim, keepdim=True)
     floor = math.sqrt(torch.finfo(x.dtype).tiny)
     # also catches spread == magnitude == 0
     constant = (spread <= rel_eps * magnitude) | (spread < floor)
-    u = xc / torch.where(constant, torch.ones_like(spread), spread)
-    return torch.where(constant, torch.zeros_like(u), u), constant
+    u = xc / spread.masked_fill(constant, 1.0)
+    return u.masked_fill(constant, 0.0), constant
 
 
 def _standardize(x: Tensor, dim: int) -> Tensor:
@@ -211,7 +212,7 @@ def _standardize(x: Tensor, dim: int) -> Tensor:
     rel_eps = _REL_EPS_ULPS * torch.finfo(x.dtype).eps
     u, constant = _center_unit_max(x, dim, rel_eps)
     ms = u.square().mean(dim=dim, keepdim=True)  # >= 1/n unless constant
-    return u / torch.where(constant, torch.ones_like(ms), ms).sqrt()
+    return u / ms.masked_fill(constant, 1.0).sqrt()
 
 
 _NUMPY_SORT_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64)
@@ -532,9 +533,8 @@ def pearson(a: Tensor, b: Tensor, dim: int = -1, eps: float | None = None) -> Te
         num = (ua * ub).sum(dim=dim)
         degenerate = (const_a | const_b).squeeze(dim)
         prod = ua.square().sum(dim=dim) * ub.square().sum(dim=dim)
-        den = torch.where(degenerate, torch.ones_like(prod), prod).sqrt()
-        r = torch.where(degenerate, torch.zeros_like(num), num / den)
-        return r.clamp(-1.0, 1.0)
+        den = prod.masked_fill(degenerate, 1.0).sqrt()
+        return (num / den).masked_fill_(degenerate, 0.0).clamp_(-1.0, 1.0)
 
 
 def spearman(
