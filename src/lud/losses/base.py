@@ -18,7 +18,8 @@ Subclasses implement :meth:`DistillationLoss.compute` only. The base class
   A batch with no valid token gives a total of 0 (connected to the graph, zero gradient) and no
   terms, not NaN. ``(N, C)`` inputs are passed through unchanged (their targets must be class
   indices): the selection has a data-dependent size, which would break ``torch.compile``'s graph
-  and cost a device sync on every call of the common path;
+  and cost a device sync on every call of the common path. With ``gather=True`` the ranks'
+  valid-token counts must then be equal (the gather checks it);
 * with ``gather=True`` under data-parallel training, concatenates the student logits (keeping
   their gradient), teacher logits and targets of every rank before :meth:`compute`, so that batch
   statistics see the global batch (see :meth:`DistillationLoss._gather`). A subclass exposes the
