@@ -1,19 +1,32 @@
 """Forward+backward time of every registered loss, side by side, and LUD's share of a training step.
 
 Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/loss_speed.py [--repeats 30] [--markdown out.md]
+      [--compile] [--no-memory]
 
 Methods are timed round-robin (one call of each per round, rounds repeated) so that machine noise
 hits all of them alike; the table reports the median and the ratio to ``kd``. The LUD variants are
 timed for every available ranking backend. The last table times a resnet8x4 training step
 (forward, backward, SGD update; B=64, 3×32×32, 100 classes) and reports LUD's added time
 (LUD loss minus KD loss, forward+backward) as a fraction of that step.
+
+Also, for KD and the LUD variants: the peak resident memory of one forward+backward at each shape
+(each in a fresh interpreter: the peak RSS ``VmHWM``, reset just before the call, minus the RSS
+then; inputs already allocated; Linux only), and the number of ATen operations of one LUD
+forward+backward counted with ``torch.profiler`` — all of them (nested calls included) and the
+top-level ones (those not called from inside another ATen op: roughly the kernels launched).
+``--compile`` adds LUD under ``torch.compile(fullgraph=True)``: compile time, step time and op
+count (the fused Inductor kernels counted separately).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -32,6 +45,8 @@ def _variants() -> dict[str, Callable[[], torch.nn.Module]]:
         if backend in ("hard", "auto"):
             continue
         out[f"lud[{backend}]"] = lambda backend=backend: build_loss("lud", rank_backend=backend)
+    # which backend the plain "lud" row (rank_backend="auto") ran
+    out[f"lud (auto = {ranking.resolve_backend('auto')})"] = out.pop("lud")
     out["lud[pearson]"] = lambda: build_loss("lud", rank_method="pearson")
     return out
 
@@ -67,23 +82,142 @@ def _loss_step(
     return step
 
 
-def loss_table(shapes: list[tuple[int, int]], repeats: int) -> list[str]:
+def loss_table(
+    shapes: list[tuple[int, int]], repeats: int, slow_repeats: int = 3
+) -> list[str]:
+    """Median ms per forward+backward and the ratio to KD. The pairwise backend at C >= 1000
+    (~1.5 s per call) runs ``slow_repeats`` rounds in a round-robin of its own."""
     variants = _variants()
     lines = []
     header = "| loss | " + " | ".join(f"B={b}, C={c} ms | × kd" for b, c in shapes) + " |"
     lines += [header, "|" + "---|" * (1 + 2 * len(shapes))]
     per_shape = []
     for b, c in shapes:
-        fns = {name: _loss_step(make(), b, c) for name, make in variants.items()}
-        per_shape.append(
-            _time_round_robin(fns, repeats if b * c <= 10_000 else max(5, repeats // 3))
-        )
+        slow = {"lud[pairwise]"} if c >= 1000 else set()
+        fns = {name: _loss_step(make(), b, c) for name, make in variants.items() if name not in slow}
+        res = _time_round_robin(fns, repeats if b * c <= 10_000 else max(5, repeats // 3))
+        if slow:
+            slow_fns = {n: _loss_step(variants[n](), b, c) for n in slow}
+            slow_fns["kd"] = fns["kd"]
+            slow_res = _time_round_robin(slow_fns, slow_repeats, warmup=1)
+            # ratios within the slow round-robin, rescaled to the main run's KD time
+            res.update({n: slow_res[n] / slow_res["kd"] * res["kd"] for n in slow})
+        per_shape.append(res)
     for name in variants:
         cells = []
         for res in per_shape:
             cells.append(f"{res[name]:.2f} | {res[name] / res['kd']:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+MEMORY_VARIANTS = ("kd", "lud[linear]", "lud[pairwise]", "lud[torchsort]", "lud[pearson]")
+
+
+def _peak_rss_mb(name: str, batch: int, classes: int) -> float:
+    """Peak RSS increase (MB) of one forward+backward of variant ``name``, in a fresh process."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--_peak", name, str(batch), str(classes)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def _proc_status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{key} not in /proc/self/status (Linux only)")
+
+
+def _peak_child(name: str, batch: int, classes: int) -> None:
+    variants = _variants()
+    step = _loss_step(variants[name](), batch, classes)
+    # a small call first: imports, thread pools and allocator set-up are not the loss's memory
+    _loss_step(variants[name](), 4, 10)()
+    # reset the peak-RSS mark (VmHWM; Linux >= 4.0): importing torch peaks above what follows
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _proc_status_mb("VmRSS")
+    step()
+    print(json.dumps({"peak_mb": _proc_status_mb("VmHWM") - base}))
+
+
+def memory_table(shapes: list[tuple[int, int]]) -> list[str]:
+    names = [n for n in MEMORY_VARIANTS if n in _variants()]
+    lines = ["| loss | " + " | ".join(f"B={b}, C={c} peak MB" for b, c in shapes) + " |",
+             "|" + "---|" * (1 + len(shapes))]
+    for name in names:
+        cells = [f"{_peak_rss_mb(name, b, c):.1f}" for b, c in shapes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    inputs = ", ".join(f"B·C = {b * c * 4 / 2**20:.2f} MB, C² = {c * c * 4 / 2**20:.2f} MB"
+                       for b, c in shapes)
+    lines += ["", f"float32 sizes for scale: {inputs}."]
+    return lines
+
+
+def _count_ops(fn: Callable[[], None]) -> tuple[int, int, int]:
+    """(all ATen ops, top-level ATen ops, fused Inductor kernels) of one call of ``fn``."""
+    from torch.profiler import profile
+
+    fn()
+    with profile() as prof:
+        fn()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::")]
+    top = [e for e in aten if not (e.cpu_parent is not None
+                                   and e.cpu_parent.name.startswith("aten::"))]
+    fused = [e for e in events if "cpp_fused" in e.name or "triton_" in e.name]
+    return len(aten), len(top), len(fused)
+
+
+def _compiled_step(loss: torch.nn.Module, batch: int, classes: int) -> Callable[[], None]:
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(batch, classes, generator=g) * 3
+    student0 = teacher + torch.randn(batch, classes, generator=g) * 2
+    targets = torch.randint(0, classes, (batch,), generator=g)
+    loss.train()
+    torch._inductor.config.cpp.enable_kernel_profile = True  # fused kernels visible to profiler
+    fwd = torch.compile(lambda s, t, y: loss(s, t, y, epoch=30.0).total, fullgraph=True,
+                        dynamic=False)
+
+    def step() -> None:
+        student = student0.clone().requires_grad_(True)
+        fwd(student, teacher, targets).backward()
+
+    return step
+
+
+def ops_and_compile_table(
+    shapes: list[tuple[int, int]], repeats: int, compile_too: bool
+) -> list[str]:
+    """ATen op counts at the first shape; eager vs compiled step time at every shape."""
+    b0, c0 = shapes[0]
+    rows = ["| variant | ATen ops (all) | ATen ops (top-level) | fused kernels |", "|---|---|---|---|"]
+    kd_counts = _count_ops(_loss_step(build_loss("kd"), b0, c0))
+    rows.append(f"| kd, eager | {kd_counts[0]} | {kd_counts[1]} | 0 |")
+    backend = ranking.resolve_backend("auto")
+    for name in dict.fromkeys(["pairwise", "linear", backend]):
+        counts = _count_ops(_loss_step(build_loss("lud", rank_backend=name), b0, c0))
+        rows.append(f"| lud[{name}], eager | {counts[0]} | {counts[1]} | 0 |")
+    if not compile_too:
+        return [f"B={b0}, C={c0}, one forward+backward:", ""] + rows
+    times = ["| shape | lud[linear] eager ms | compiled ms | compile s | × |", "|---|---|---|---|---|"]
+    for i, (b, c) in enumerate(shapes):
+        torch._dynamo.reset()
+        # validate=False: input validation reads values back (a graph break by design)
+        eager = _loss_step(build_loss("lud", rank_backend="linear", validate=False), b, c)
+        compiled = _compiled_step(build_loss("lud", rank_backend="linear", validate=False), b, c)
+        t0 = time.perf_counter()
+        compiled()
+        compile_s = time.perf_counter() - t0
+        res = _time_round_robin({"eager": eager, "compiled": compiled},
+                                repeats if b * c <= 10_000 else max(5, repeats // 3))
+        times.append(f"| B={b}, C={c} | {res['eager']:.2f} | {res['compiled']:.2f} | "
+                     f"{compile_s:.0f} | {res['eager'] / res['compiled']:.2f} |")
+        if i == 0:
+            counts = _count_ops(compiled)
+            rows.append(f"| lud[linear], torch.compile | {counts[0]} | {counts[1]} | {counts[2]} |")
+    return [f"B={b0}, C={c0}, one forward+backward:", ""] + rows + ["", "Step time:", ""] + times
 
 
 def step_share(repeats: int) -> list[str]:
@@ -122,14 +256,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--markdown", help="also write the tables to this file")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time LUD under torch.compile (minutes of compilation on a CPU)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory table")
+    ap.add_argument("--_peak", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._peak:
+        _peak_child(args._peak[0], int(args._peak[1]), int(args._peak[2]))
+        return
+    shapes = [(64, 100), (256, 1000)]
     env = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, "
         f"ranking backends: {', '.join(ranking.available_backends())}"
     )
     out = [f"Environment: {env}", "", "Forward+backward per call (median):", ""]
-    out += loss_table([(64, 100), (256, 1000)], args.repeats)
+    out += loss_table(shapes, args.repeats)
+    if not args.no_memory:
+        out += ["", "Peak memory of one forward+backward (peak RSS minus RSS before the call, "
+                "fresh process):", ""]
+        out += memory_table(shapes)
+    out += ["", "Kernels:", ""]
+    out += ops_and_compile_table(shapes, args.repeats, args.compile)
     out += ["", "LUD's share of a training step:", ""]
     out += step_share(args.repeats)
     text = "\n".join(out)

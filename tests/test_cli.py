@@ -240,3 +240,16 @@ def test_list_configs_and_train_by_unknown_name(capsys: pytest.CaptureFixture[st
     code, _, err = run_cli(capsys, "train", "fashion_mnist/lud/cnn_large_cnn_smal")
     assert code == 2
     assert "fashion_mnist/lud/cnn_large_cnn_small" in err and "lud list configs" in err
+
+
+def test_train_without_scoring_the_test_set_prints_the_validation_score(
+    project: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """data.eval_test=false (what lud tune runs): the summary names the validation score."""
+    root = project["root"]
+    code, out, _ = run_cli(
+        capsys, "train", str(root / "teacher.yaml"), "--name", "val_only",
+        "data.eval_test=false", "data.val_split=0.25", "solver.epochs=1",
+    )
+    assert code == 0
+    assert "best (by val top-1, epoch 1): val top-1" in out and "test set not scored" in out

@@ -490,7 +490,7 @@ def _rows(case: Case) -> torch.Tensor:
 
 
 @MEDIUM
-@given(case=cases(), other=cases(), backend=st.sampled_from(("pairwise", "hard")),
+@given(case=cases(), other=cases(), backend=st.sampled_from(("pairwise", "linear", "hard")),
        strength=log_uniform(1e-4, 10.0), dtype=st.sampled_from(("float32", "float64", "bfloat16",
                                                                  "float16")))
 def test_spearman_bounded_symmetric_and_finite(
@@ -500,14 +500,14 @@ def test_spearman_bounded_symmetric_and_finite(
     a = _rows(case).to(dt)
     b = _logits(case.batch, case.classes, other.scale, other.student_kind,
                 torch.Generator().manual_seed(other.seed)).to(dt)
-    a.requires_grad_(backend == "pairwise")
+    a.requires_grad_(backend != "hard")
     r = ranking.spearman(a, b, strength=strength, backend=backend)
     assert r.shape == (case.batch,)
     assert torch.isfinite(r).all()
     assert ((r >= -1.0) & (r <= 1.0)).all()
     r_ba = ranking.spearman(b, a.detach(), strength=strength, backend=backend)
     torch.testing.assert_close(r.detach(), r_ba, rtol=0.0, atol=1e-6)
-    if backend == "pairwise":
+    if backend != "hard":
         weights = torch.linspace(-1, 1, r.numel(), dtype=r.dtype)
         (r * weights).sum().backward()
         assert a.grad is not None and a.grad.dtype == dt
@@ -596,7 +596,7 @@ def test_spearman_invariant_to_increasing_transforms(
 
 @MEDIUM
 @given(case=cases(), strength=log_uniform(1e-4, 10.0),
-       backend=st.sampled_from(("pairwise", "hard")), standardize=st.booleans())
+       backend=st.sampled_from(("pairwise", "linear", "hard")), standardize=st.booleans())
 def test_soft_rank_is_permutation_equivariant(
     case: Case, strength: float, backend: str, standardize: bool
 ) -> None:
@@ -612,16 +612,16 @@ def test_soft_rank_is_permutation_equivariant(
 @MEDIUM
 @given(case=cases(), strength=log_uniform(1e-4, 1e3),
        dtype=st.sampled_from(("float32", "float64", "bfloat16", "float16")),
-       standardize=st.booleans())
-def test_pairwise_ranks_sum_to_n_n_plus_1_over_2(
-    case: Case, strength: float, dtype: str, standardize: bool
+       standardize=st.booleans(), backend=st.sampled_from(("pairwise", "linear")))
+def test_soft_ranks_sum_to_n_n_plus_1_over_2(
+    case: Case, strength: float, dtype: str, standardize: bool, backend: str
 ) -> None:
     x = _rows(case).to(getattr(torch, dtype)).requires_grad_(True)
-    r = ranking.soft_rank(x, strength=strength, backend="pairwise", standardize=standardize)
+    r = ranking.soft_rank(x, strength=strength, backend=backend, standardize=standardize)
     n = case.classes
     assert ((r >= 1 - 1e-4) & (r <= n + 1e-4)).all()  # each sigmoid is in [0, 1]
-    # sum_i sum_j tanh(u_i - u_j) cancels pairwise (tanh is odd); float32 rounding of n^2
-    # terms of size <= 1 leaves at most ~n^2 * eps
+    # sum_i sum_j tanh(u_i - u_j) cancels pairwise (tanh is odd; likewise k(d) + k(-d) = 1 for
+    # the linear kernel); float32 rounding of n^2 terms of size <= 1 leaves at most ~n^2 * eps
     tol = 1e-12 if r.dtype == torch.float64 else 4 * n * n * torch.finfo(torch.float32).eps
     torch.testing.assert_close(r.sum(-1), torch.full((case.batch,), n * (n + 1) / 2,
                                                      dtype=r.dtype), rtol=0, atol=tol)
@@ -649,6 +649,8 @@ def test_ranking_finite_down_to_subnormal_magnitudes(case: Case, dtype: str,
     b = y64.to(dt)
     for r in (ranking.soft_rank(a, backend="pairwise", strength=0.1),
               ranking.spearman(a, b, backend="pairwise", strength=0.1),
+              ranking.soft_rank(a, backend="linear", strength=0.1),
+              ranking.spearman(a, b, backend="linear", strength=0.1),
               ranking.pearson(a, b)):
         assert torch.isfinite(r).all()
         (grad,) = torch.autograd.grad((r * torch.linspace(-1, 1, r.shape[-1], dtype=r.dtype)).sum(),

@@ -146,6 +146,152 @@ def test_pairwise_memory_1000x1000_under_512mb() -> None:
     assert peak_mb < 512, f"forward+backward raised peak RSS by {peak_mb:.0f} MB"
 
 
+# ----------------------------------------------------------------------------- linear backend
+
+
+def _naive_linear_soft_rank(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """rank_i = 1/2 + sum_j clip(1/2 + (z_i - z_j) / (4 strength), 0, 1); O(n^2), autograd."""
+    z = (x - x.mean(-1, keepdim=True)) / x.std(-1, correction=0, keepdim=True)
+    d = z.unsqueeze(-1) - z.unsqueeze(-2)
+    return 0.5 + (0.5 + d / (4 * strength)).clamp(0, 1).sum(-1)
+
+
+def test_linear_soft_rank_matches_rankdata_with_ties() -> None:
+    g = torch.Generator().manual_seed(21)
+    ties = torch.randint(0, 5, (6, 15), generator=g).float()
+    # exact, not approximately: every pair is either a tie (k = 1/2) or >= 1 std unit apart
+    r = soft_rank(ties, strength=1e-3, backend="linear")
+    np.testing.assert_array_equal(r.numpy(), rankdata(ties.numpy(), axis=-1))
+    cont = torch.randn(6, 40, generator=g, dtype=torch.float64)
+    r = soft_rank(cont, strength=1e-9, backend="linear")
+    np.testing.assert_allclose(r.numpy(), rankdata(cont.numpy(), axis=-1), rtol=0, atol=1e-9)
+    # strength far below one ulp of the values: ties must still share their average rank
+    big = torch.tensor([[1e6, 1e6, 3e6, 2e6, 1e6]])
+    r = soft_rank(big, strength=1e-30, backend="linear", standardize=False)
+    np.testing.assert_array_equal(r.numpy(), rankdata(big.numpy(), axis=-1))
+
+
+def test_linear_spearman_matches_scipy_with_ties() -> None:
+    g = torch.Generator().manual_seed(22)
+    a = torch.randint(0, 6, (8, 30), generator=g).float()
+    b = torch.randint(0, 6, (8, 30), generator=g).float()
+    r = spearman(a, b, strength=1e-3, backend="linear")
+    torch.testing.assert_close(r.double(), _scipy_spearman_rows(a, b), rtol=0, atol=1e-6)
+
+
+def test_linear_matches_naive_formula_values_and_gradients() -> None:
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(4, 30, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 30, generator=g, dtype=torch.float64)
+    for strength in (0.02, 0.3, 5.0):  # few, some and all pairs inside the window
+        ours = soft_rank(x, strength=strength, backend="linear")
+        ref = _naive_linear_soft_rank(x, strength)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+        g_ours = torch.autograd.grad((ours * w).sum(), x)[0]
+        g_ref = torch.autograd.grad((ref * w).sum(), x)[0]
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-8, atol=1e-10)
+
+
+def test_linear_gradcheck() -> None:
+    g = torch.Generator().manual_seed(24)
+    x = torch.randn(3, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    for chunk in (1, None):
+        assert torch.autograd.gradcheck(
+            lambda t, c=chunk: soft_rank(t, strength=0.3, backend="linear", chunk_rows=c), (x,)
+        )
+
+
+def test_linear_close_to_pairwise() -> None:
+    """Both kernels have slope 1/(4 strength) at 0; they differ by at most
+    sup_d |clip(1/2 + d/4, 0, 1) - sigmoid(d)| per pair (about 0.12, at |d| = 2 strength), and the
+    sigmoid's tail exp(-|d| / strength) beyond the window. So the rank difference is bounded by the
+    sum of the per-pair kernel differences, and vanishes once neighbours are far apart."""
+    g = torch.Generator().manual_seed(25)
+    x = torch.randn(5, 60, generator=g, dtype=torch.float64)
+    z = (x - x.mean(-1, keepdim=True)) / x.std(-1, correction=0, keepdim=True)
+    d = z.unsqueeze(-1) - z.unsqueeze(-2)
+    for strength in (0.01, 0.1, 1.0):
+        diff = soft_rank(x, strength=strength, backend="linear") - soft_rank(
+            x, strength=strength, backend="pairwise")
+        pair_gap = ((0.5 + d / (4 * strength)).clamp(0, 1) - torch.sigmoid(d / strength)).abs()
+        assert (diff.abs() <= pair_gap.sum(-1) + 1e-9).all()
+    # smallest gap 1 / std(values) ~ 0.0125 std units = 125 strengths: sigmoid tail ~ e^-125
+    spread = torch.arange(40, dtype=torch.float64).reshape(1, -1) ** 1.5
+    small = [soft_rank(spread, strength=1e-4, backend=b) for b in ("linear", "pairwise")]
+    torch.testing.assert_close(small[0], small[1], rtol=0, atol=1e-9)
+
+
+def test_linear_chunked_equals_unchunked_and_deterministic() -> None:
+    g = torch.Generator().manual_seed(26)
+    x = torch.randn(7, 50, generator=g, requires_grad=True)
+    w = torch.randn(7, 50, generator=g)
+    results = []
+    for chunk in (1, 3, 7, None, None):
+        r = soft_rank(x, strength=0.05, backend="linear", chunk_rows=chunk)
+        results.append((r.detach(), torch.autograd.grad((r * w).sum(), x)[0]))
+    for r, grad in results[1:]:
+        assert torch.equal(r, results[0][0])
+        assert torch.equal(grad, results[0][1])
+
+
+def test_linear_degenerate_rows() -> None:
+    const = torch.full((2, 6), 0.1, requires_grad=True)
+    assert soft_rank(const, backend="linear").tolist() == [[3.5] * 6] * 2
+    r = spearman(const, torch.randn(2, 6), backend="linear")
+    r.sum().backward()
+    assert r.tolist() == [0.0, 0.0] and torch.isfinite(const.grad).all()
+    one = torch.randn(3, 1, requires_grad=True)
+    assert soft_rank(one, backend="linear").tolist() == [[1.0]] * 3
+    soft_rank(one, backend="linear").sum().backward()
+    assert torch.isfinite(one.grad).all()
+    unstd = torch.full((1, 4), 7.0, requires_grad=True)
+    assert soft_rank(unstd, backend="linear", standardize=False).tolist() == [[2.5] * 4]
+
+
+def test_numpy_sort_path_equals_torch_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU fast path (numpy argsort) and torch.sort give the same ranks and gradients."""
+    g = torch.Generator().manual_seed(27)
+    x = torch.cat([torch.randn(5, 40, generator=g),
+                   torch.randint(0, 4, (5, 40), generator=g).float()])  # ties too
+    w = torch.randn(10, 40, generator=g)
+    v, order = ranking._sort_rows(x)
+    assert torch.equal(v, x.sort(dim=-1).values) and torch.equal(x.gather(-1, order), v)
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(ranking, "_NUMPY_SORT_DTYPES", ())
+        xr = x.clone().requires_grad_(True)
+        r = soft_rank(xr, strength=0.05, backend="linear")
+        (r * w).sum().backward()
+        results.append((hard_rank(x), r.detach(), xr.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(results[0][2], results[1][2], rtol=0, atol=1e-4)
+
+
+def test_linear_memory_1000x1000_under_128mb() -> None:
+    code = textwrap.dedent(
+        """
+        import resource, torch
+        from lud.losses.ranking import soft_rank
+        x = torch.randn(1000, 1000, requires_grad=True)
+        w = torch.randn(1000, 1000)
+        (soft_rank(x[:4, :50], backend="linear") * w[:4, :50]).sum().backward()  # warm-up
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        (soft_rank(x, backend="linear") * w).sum().backward()
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+        """
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    peak_mb = float(proc.stdout.strip().splitlines()[-1])
+    # a few (1000 x 1000) float64/int64 buffers (8 MB each); the pairwise matrix alone is 4 GB
+    assert peak_mb < 128, f"forward+backward raised peak RSS by {peak_mb:.0f} MB"
+
+
 # ----------------------------------------------------------------------------- spearman / pearson
 
 
@@ -287,10 +433,10 @@ def test_bf16_input_gives_fp32_accurate_output() -> None:
 
 
 def test_backend_resolution_without_torchsort(no_torchsort: None) -> None:
-    assert available_backends() == ["auto", "pairwise", "hard"]
+    assert available_backends() == ["auto", "linear", "pairwise", "hard"]
     x = torch.randn(2, 8)
-    assert resolve_backend("auto", x) == "pairwise"
-    assert torch.equal(soft_rank(x, backend="auto"), soft_rank(x, backend="pairwise"))
+    assert resolve_backend("auto", x) == "linear"
+    assert torch.equal(soft_rank(x, backend="auto"), soft_rank(x, backend="linear"))
     with pytest.raises(ImportError, match="pip install --no-build-isolation torchsort==0.1.10"):
         soft_rank(x, backend="torchsort")
 

@@ -428,6 +428,40 @@ def test_teacher_cache_matches_live_teacher(env: dict[str, Path]) -> None:
         train(student_cfg(env, "cache_aug", runtime={"teacher_cache": True}))
 
 
+def test_teacher_cache_dir_is_shared_between_runs(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runtime.teacher_cache_dir: the first run stores the teacher's logits, the next reuses them
+    (no teacher pass) and trains exactly as with its own cache; another teacher makes a new file."""
+    import lud.engine.teacher as teacher_mod
+
+    folder = env["root"] / "shared_logits"
+    opts: dict[str, Any] = {"data": {"augment": "none"}, "solver": {"epochs": 1}}
+    cache = {"teacher_cache": True, "teacher_cache_dir": str(folder)}
+    train(student_cfg(env, "own", runtime={"teacher_cache": True}, **opts))
+    train(student_cfg(env, "first", runtime=cache, **opts))
+    files = sorted(folder.glob("teacher_logits-*.pt"))
+    assert len(files) == 1
+    stored = torch.load(files[0], weights_only=True)
+
+    def no_teacher_pass(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the teacher ran although its logits were stored")
+
+    monkeypatch.setattr(teacher_mod.TeacherLogitCache, "compute", no_teacher_pass)
+    train(student_cfg(env, "second", runtime=cache, **opts))
+    runs = env["root"] / "runs"
+    own, second = (load_checkpoint(runs / n / "last.pt") for n in ("own", "second"))
+    for key in own["model"]:
+        torch.testing.assert_close(own["model"][key], second["model"][key], rtol=0, atol=0)
+    monkeypatch.undo()
+    # a damaged file is recomputed and replaced, not fatal
+    files[0].write_bytes(b"not a tensor")
+    train(student_cfg(env, "third", runtime=cache, **opts))
+    torch.testing.assert_close(torch.load(files[0], weights_only=True), stored, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="teacher_cache_dir"):
+        train(student_cfg(env, "no_cache", runtime={"teacher_cache_dir": str(folder)}, **opts))
+
+
 @pytest.mark.parametrize(
     "runtime",
     [

@@ -12,7 +12,7 @@ A run is described by one YAML file with the sections below (every key optional 
     solver:     {optimizer, lr, momentum, nesterov, weight_decay, epochs, schedule,
                  milestones, gamma, warmup_epochs, min_lr}
     runtime:    {device, amp, channels_last, compile, log_every, progress, eval_every,
-                 teacher_cache, max_steps_per_epoch, tensorboard, dist_backend, sync_bn,
+                 teacher_cache, teacher_cache_dir, max_steps_per_epoch, tensorboard, dist_backend, sync_bn,
                  data_on_device, compile_teacher, nonfinite}
 
 Inheritance: a file may say ``_base_: ../base.yaml`` (or a list of paths, applied in order),
@@ -188,6 +188,9 @@ class RuntimeConfig:
     progress: bool = True
     eval_every: int = 1
     teacher_cache: bool = False
+    # a folder where cached teacher logits are kept and reused by every run whose teacher weights,
+    # training images and preprocessing are the same (a benchmark's many runs share one pass)
+    teacher_cache_dir: str | None = None
     max_steps_per_epoch: int | None = None
     tensorboard: bool = True
     # data-parallel and GPU path (docs/distributed.md)
@@ -585,6 +588,10 @@ def validate_config(cfg: Config, *, registries: bool = True) -> None:
     _check(
         r.max_steps_per_epoch is None or r.max_steps_per_epoch >= 1,
         f"runtime.max_steps_per_epoch must be null or >= 1, got {r.max_steps_per_epoch}",
+    )
+    _check(
+        r.teacher_cache_dir is None or r.teacher_cache,
+        "runtime.teacher_cache_dir is set but runtime.teacher_cache is false: set it true",
     )
     if r.teacher_cache:
         _check(t.name is not None, "runtime.teacher_cache needs a teacher (teacher.name is null)")

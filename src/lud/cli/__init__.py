@@ -95,10 +95,12 @@ def _cmd_train(argv: list[str]) -> int:
     print(f"run folder: {summary['run_dir']}")
     print(f"epochs: {summary['epochs_completed']}/{summary['epochs']}")
     if best.get("epoch") is not None:
-        print(
-            f"best (by {best['split']} top-1, epoch {best['epoch']}): "
+        scores = (  # data.eval_test=false: the test set was never scored, say what was
             f"test top-1 {best['test_top1']:.2f}  top-5 {best['test_top5']:.2f}"
+            if best.get("test_top1") is not None
+            else f"{best['split']} top-1 {best['top1']:.2f} (test set not scored)"
         )
+        print(f"best (by {best['split']} top-1, epoch {best['epoch']}): {scores}")
     if last.get("test_top1") is not None:
         print(
             f"last (epoch {last['epoch']}): "

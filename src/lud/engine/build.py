@@ -303,16 +303,16 @@ def _build_teacher_cache(run: Run, cfg: Config) -> None:
     if not (cfg.runtime.teacher_cache and run.teacher is not None):
         return
     t0 = time.perf_counter()
-    run.cache = TeacherLogitCache.compute(
-        run.teacher,
-        run.bundle.train,
-        run.train_tf,
-        run.ctx,
-        cfg.data.eval_batch_size,
-        cfg.runtime.channels_last,
-    )
+    args = (run.teacher, run.bundle.train, run.train_tf, run.ctx, cfg.data.eval_batch_size,
+            cfg.runtime.channels_last)
+    reused = False
+    if cfg.runtime.teacher_cache_dir:
+        run.cache, reused = TeacherLogitCache.shared(cfg.runtime.teacher_cache_dir, *args)
+    else:
+        run.cache = TeacherLogitCache.compute(*args)
     logger.info(
-        "teacher logits cached for %d training samples in %.1fs",
+        "teacher logits %s for %d training samples in %.1fs",
+        "read from runtime.teacher_cache_dir" if reused else "cached",
         run.cache.logits.shape[0],
         time.perf_counter() - t0,
     )

@@ -179,6 +179,13 @@ def _feed(h: Any, obj: Any) -> None:
         h.update(f"{type(obj).__name__}{len(text)}:{text};".encode())
 
 
+def content_digest(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj`` hashed canonically (tensors by dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
 def payload_digest(state: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of a checkpoint's contents, the ``"sha256"`` entry itself excluded."""
     h = hashlib.sha256()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TeacherConfig
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_torch_file, verify_checkpoint
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    atomic_save,
+    content_digest,
+    read_torch_file,
+    verify_checkpoint,
+)
 from .metrics import predict_logits
 from .runtime import RuntimeContext
 
@@ -91,6 +99,49 @@ class TeacherLogitCache:
                 teacher, loader, transform, ctx.device, amp=ctx.amp, channels_last=channels_last
             )
         )
+
+    @classmethod
+    def shared(
+        cls,
+        folder: str | os.PathLike[str],
+        teacher: nn.Module,
+        dataset: Any,
+        transform: nn.Module,
+        ctx: RuntimeContext,
+        batch_size: int,
+        channels_last: bool,
+    ) -> tuple[TeacherLogitCache, bool]:
+        """The cache from ``folder`` if an earlier run stored the same one there, else computed
+        and stored; returns ``(cache, reused)``.
+
+        The file is named by a SHA-256 of everything the logits depend on: the teacher's weights
+        and buffers, the training images and labels, the (evaluation-mode) preprocessing's state,
+        the mixed-precision mode and memory format. Any change makes a new file; a file that
+        fails to load is recomputed and replaced (written atomically, so a killed run leaves none
+        half-written).
+        """
+        key = content_digest({
+            "teacher": type(teacher).__name__,
+            "weights": teacher.state_dict(),
+            "images": getattr(dataset, "images", None),
+            "labels": getattr(dataset, "labels", None),
+            "transform": (type(transform).__name__, repr(transform), transform.state_dict()),
+            "amp": ctx.amp,
+            "channels_last": channels_last,
+        })
+        path = Path(folder) / f"teacher_logits-{key[:32]}.pt"
+        n = len(dataset)
+        if path.is_file():
+            try:
+                logits = torch.load(path, map_location="cpu", weights_only=True)
+                if isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[0] == n:
+                    return cls(logits), True
+            except Exception:  # noqa: BLE001 - a damaged file is recomputed, not fatal
+                pass
+        cache = cls.compute(teacher, dataset, transform, ctx, batch_size, channels_last)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(cache.logits, path)
+        return cache, False
 
     def lookup(self, indices: Tensor, device: torch.device) -> Tensor:
         """Logits of the given data-set indices, on ``device``."""

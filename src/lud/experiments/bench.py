@@ -105,6 +105,7 @@ _EXECUTION_KEYS = frozenset(
         "data.num_workers",
         "teacher.checkpoint",  # an absolute path: moving the project must not invalidate runs
         "runtime.device",
+        "runtime.teacher_cache_dir",  # where cached teacher logits are kept, not what they are
         "runtime.progress",
         "runtime.log_every",
         "runtime.tensorboard",

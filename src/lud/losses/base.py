@@ -11,6 +11,15 @@ Subclasses implement :meth:`DistillationLoss.compute` only. The base class
   ``ValueError`` that names the problem;
 * computes in float32 with autocast switched off, whatever the caller's precision, because
   softmax/KL/rank statistics in bf16/fp16 lose the small probabilities distillation lives on;
+* accepts token-level inputs: logits of shape ``(B, T, C)`` with targets ``(B, T)`` are flattened
+  to ``(B·T, C)`` and the tokens whose target is :attr:`DistillationLoss.ignore_index` (default
+  ``-100``, PyTorch's and Hugging Face's padding convention) are dropped *before*
+  :meth:`compute`, so every statistic, mask and mean of every loss is over the valid tokens only.
+  A batch with no valid token gives a total of 0 (connected to the graph, zero gradient) and no
+  terms, not NaN. ``(N, C)`` inputs are passed through unchanged (their targets must be class
+  indices): the selection has a data-dependent size, which would break ``torch.compile``'s graph
+  and cost a device sync on every call of the common path. With ``gather=True`` the ranks'
+  valid-token counts must then be equal (the gather checks it);
 * with ``gather=True`` under data-parallel training, concatenates the student logits (keeping
   their gradient), teacher logits and targets of every rank before :meth:`compute`, so that batch
   statistics see the global batch (see :meth:`DistillationLoss._gather`). A subclass exposes the
@@ -157,6 +166,8 @@ class DistillationLoss(nn.Module):
     gather: bool = False  # class default, so subclasses that never pass it keep working
     two_views: bool = False
     ce_on_both_views: bool = False
+    #: target value that marks a token of ``(B, T, C)`` input to leave out (padding, prompt)
+    ignore_index: int = -100
 
     def __init__(self, validate: bool = True, gather: bool = False) -> None:
         super().__init__()
@@ -180,6 +191,16 @@ class DistillationLoss(nn.Module):
         if self.requires_targets and targets is None:
             raise ValueError(f"loss '{name}' needs targets, got None")
         strong = self._check_views(strong_student_logits, strong_teacher_logits)
+        if isinstance(student_logits, Tensor) and student_logits.dim() == 3:
+            if strong is not None:
+                raise ValueError(f"loss '{name}': two views take (N, C) logits, not (B, T, C)")
+            student_logits, teacher_logits, targets = self._valid_tokens(
+                student_logits, teacher_logits, targets
+            )
+            if student_logits.shape[0] == 0:
+                # every token ignored: nothing to distil; 0 with a (zero) gradient, not 0/0
+                zero = student_logits.float().sum() * 0.0
+                return LossOutput(total=zero, terms={})
         if self.validate:
             validate_logits(student_logits, teacher_logits, targets)
             if strong is not None:
@@ -229,6 +250,35 @@ class DistillationLoss(nn.Module):
             return None
         assert strong_student is not None and strong_teacher is not None
         return strong_student, strong_teacher
+
+    def _valid_tokens(
+        self, student: Tensor, teacher: Tensor | None, targets: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Flatten ``(B, T, C)`` logits and ``(B, T)`` targets; keep the non-ignored tokens."""
+        shape = tuple(student.shape)
+        if teacher is not None:
+            if not isinstance(teacher, Tensor) or teacher.dim() != 3:
+                got = tuple(teacher.shape) if isinstance(teacher, Tensor) else type(teacher).__name__
+                raise ValueError(f"student_logits has shape {shape} (batch, tokens, classes); "
+                                 f"teacher_logits must match it, got {got}")
+            if teacher.shape[-1] != shape[-1]:
+                raise ValueError(f"vocabulary mismatch: student_logits has {shape[-1]} classes, "
+                                 f"teacher_logits has {teacher.shape[-1]}")
+            if tuple(teacher.shape) != shape:
+                raise ValueError(f"shape mismatch: student_logits {shape}, "
+                                 f"teacher_logits {tuple(teacher.shape)}")
+        if targets is not None:
+            if not isinstance(targets, Tensor) or tuple(targets.shape) != shape[:2]:
+                got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+                raise ValueError(f"targets must have shape {shape[:2]} (batch, tokens) to match "
+                                 f"student_logits {shape}, got {got}")
+        flat_s = student.reshape(-1, shape[-1])
+        flat_t = None if teacher is None else teacher.reshape(-1, shape[-1])
+        if targets is None:
+            return flat_s, flat_t, None
+        flat_y = targets.reshape(-1)
+        keep = flat_y != self.ignore_index
+        return (flat_s[keep], None if flat_t is None else flat_t[keep], flat_y[keep])
 
     def _gather(self, x: Tensor, *, differentiable: bool = False, check: bool = False) -> Tensor:
         """Rows of ``x`` from every data-parallel rank, concatenated in rank order.
