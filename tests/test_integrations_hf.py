@@ -120,6 +120,11 @@ def test_causal_lm_distils_with_a_frozen_teacher(tmp_path: Path, loss: str) -> N
     if loss == "lud":  # the running thresholds are state: saved next to the model
         assert (ckpt / LOSS_STATE_FILE).is_file()
 
+    # evaluation: the distillation loss on held-out rows, nothing added to the training logs
+    metrics = trainer.evaluate(eval_dataset=_lm_rows(4, seed=5))
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"])) and not any("/" in k for k in metrics)
+    assert trainer._log_sums == {}
+
 
 def _batch(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
@@ -200,7 +205,7 @@ def test_ctkd_temperature_is_trained_and_checkpointed(tmp_path: Path) -> None:
         teacher_model=teacher,
         loss="ctkd",
         loss_params={"curriculum_epochs": 0.0},
-        args=_args(tmp_path, steps=2),
+        args=_args(tmp_path, steps=2, gradient_accumulation_steps=2),
         train_dataset=_lm_rows(8),
     )
     theta0 = trainer.distillation_loss.theta.item()
@@ -210,7 +215,18 @@ def test_ctkd_temperature_is_trained_and_checkpointed(tmp_path: Path) -> None:
     assert theta.item() != theta0
     saved = torch.load(tmp_path / "checkpoint-2" / LOSS_STATE_FILE, weights_only=True)
     assert saved["theta"].item() == pytest.approx(theta.item())
-    assert "stat/temperature" in trainer.state.log_history[0]
+    row = trainer.state.log_history[0]
+    assert "stat/temperature" in row
+    # two micro-batches per step: the Trainer's loss and our terms are both their mean
+    assert row["loss/ce"] + row["loss/kd"] == pytest.approx(row["loss"], rel=1e-4)
+
+    # resuming reads the temperature back
+    fresh = DistillationTrainer(
+        model=_gpt2(1, seed=2), teacher_model=teacher, loss="ctkd", args=_args(tmp_path / "again")
+    )
+    assert fresh.distillation_loss.theta.item() != pytest.approx(theta.item())
+    fresh._load_from_checkpoint(str(tmp_path / "checkpoint-2"))
+    assert fresh.distillation_loss.theta.item() == pytest.approx(theta.item())
 
 
 def test_sequence_classification(tmp_path: Path) -> None:
