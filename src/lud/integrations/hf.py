@@ -13,14 +13,19 @@ hands the ``(N, C)`` rows to a loss of :mod:`lud.losses`. Classification models 
 
 The teacher is frozen (eval mode, ``requires_grad=False``), moved to the student's device by the
 trainer itself and kept out of the optimizer, the checkpoints and any DDP/accelerate wrapping. The
-loss module's parameters (CTKD's temperature) join the optimizer in a param group of their own
-(no weight decay); its state (parameters and buffers, e.g. LUD's running thresholds) is written
-next to the model as ``distillation_loss.pt`` and read back on ``resume_from_checkpoint``.
+loss module's parameters (CTKD's temperature) join the optimizer in a param group of their own (no
+weight decay); under multi-process training their gradients are averaged over the ranks before each
+optimizer step (the loss is not part of the DDP-wrapped model). Its state (parameters and buffers,
+e.g. LUD's running thresholds) is written next to the model as ``distillation_loss.pt`` and read
+back on ``resume_from_checkpoint``.
 
 Logging: each training log row of the Trainer gets ``loss/<term>`` (the loss's named terms) and
 ``stat/<name>`` (its statistics), averaged over the steps since the previous row. They are summed
-as detached tensors and read once per row, so a step adds no device synchronisation. Under
-multi-process training they are this process's values (the Trainer's ``loss`` is the global mean).
+as detached tensors and read once per row. Under multi-process training they are this process's
+values (the Trainer's ``loss`` is the global mean). Device synchronisation per step: selecting
+the valid positions (a boolean mask) must know their number, and the loss's input check
+(``validate=True``, the default of every loss) tests finiteness; build the loss with
+``validate=False`` to drop the latter once the pipeline is trusted.
 
 Large label spaces: LUD's category term (and MLKD's class term, the released LUD's ``cc``) builds a
 C x C Gram matrix, the sample/batch terms an N x N one over the valid tokens. At a 32k vocabulary
@@ -42,6 +47,7 @@ from transformers import Trainer, TrainerCallback
 
 from lud.losses import DistillationLoss, LossOutput, build_loss
 
+from .distributed import average_gradients
 from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX, check_gram_budget, valid_rows
 
 __all__ = ["DistillationTrainer", "LOSS_STATE_FILE"]
@@ -66,26 +72,14 @@ def _is_causal_lm(model: nn.Module) -> bool:
 
 
 class _AverageLossGradients(TrainerCallback):
-    """Multi-process training: average the loss parameters' gradients across ranks.
-
-    The loss module is not wrapped by DDP (it is not part of the model), so without this every
-    rank would step its own copy of, e.g., CTKD's temperature. Runs before each optimizer step on
-    every rank (a missing gradient counts as zero), so the collectives always match.
-    """
+    """Before each optimizer step, on every rank: the loss parameters' gradients averaged over the
+    ranks (:func:`lud.integrations.distributed.average_gradients`; the loss is not DDP-wrapped)."""
 
     def __init__(self, params: list[nn.Parameter]) -> None:
         self.params = params
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad /= dist.get_world_size()
+        average_gradients(self.params)
 
 
 class DistillationTrainer(Trainer):
