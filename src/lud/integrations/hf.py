@@ -68,6 +68,8 @@ def _logits(outputs: Any) -> Tensor:
 def _is_causal_lm(model: nn.Module) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    if type(model).__name__.startswith("Peft"):  # a PEFT wrapper: judge the model inside, as HF does
+        model = model.base_model.model
     return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
@@ -192,7 +194,8 @@ class DistillationTrainer(Trainer):
         outputs = model(**features)
         if self.teacher_model.training:  # someone called .train() on it: keep dropout off
             self.teacher_model.eval()
-        with torch.no_grad():
+        # the teacher is not wrapped by accelerate: give it the student's mixed precision here
+        with torch.no_grad(), self.accelerator.autocast():
             teacher_logits = _logits(self.teacher_model(**features))
         student_logits = _logits(outputs)
         shift = self.shift_labels
