@@ -18,7 +18,7 @@ Run::
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python examples/distil_causal_lm.py --smoke   # < 1 minute
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python examples/distil_causal_lm.py           # the default
 
-``--smoke`` (20 teacher steps, 6 student steps, one seed, CE/KD/LUD) checks that it runs, nothing
+``--smoke`` (10 teacher steps, 4 student steps, one seed, CE/KD/LUD) checks that it runs, nothing
 more (its students have not learned anything yet). The default (1,000 teacher steps, 200 student
 steps of 8 x 32 tokens, 3 seeds, CE/KD/DIST/LUD: 12 student runs) is sized from smoke runs on a
 2-core CPU under a load average of about 8 (another benchmark running): 0.5-1 s per teacher step,
@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs (< 1 minute)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.train_tokens, args.val_tokens, args.teacher_steps, args.student_steps = 40_000, 4_000, 20, 6
+        args.train_tokens, args.val_tokens, args.teacher_steps, args.student_steps = 20_000, 2_000, 10, 4
         args.batch_size, args.seeds, args.methods = 4, [0], ["ce", "kd", "lud"]
     return args
 
