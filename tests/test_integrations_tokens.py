@@ -48,3 +48,11 @@ def test_classification_rows_drop_ignored_labels() -> None:
         valid_rows(s, torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="shift=True"):
         valid_rows(s, s, torch.zeros(4, dtype=torch.long), shift=True)
+
+
+def test_a_class_restriction_of_the_loss_bounds_the_class_side() -> None:
+    lud = build_loss("lud", sdl_weight=0.0)
+    assert gram_sizes(lud, rows=10, classes=32_000) == {"cdl (classes x classes)": 32_000**2}
+    lud.top_k = 512  # what a top-k class restriction of the loss library would expose
+    assert gram_sizes(lud, rows=10, classes=32_000) == {"cdl (classes x classes)": 512**2}
+    check_gram_budget(lud, rows=10, classes=32_000, max_elements=2**22)
