@@ -13,7 +13,7 @@ A run is described by one YAML file with the sections below (every key optional 
                  milestones, gamma, warmup_epochs, min_lr}
     runtime:    {device, amp, channels_last, compile, log_every, progress, eval_every,
                  teacher_cache, max_steps_per_epoch, tensorboard, dist_backend, sync_bn,
-                 data_on_device, compile_teacher, nonfinite}
+                 data_on_device, compile_teacher, nonfinite, grad_norms_every}
 
 Inheritance: a file may say ``_base_: ../base.yaml`` (or a list of paths, applied in order),
 relative to the file itself. Mappings merge key by key, recursively; lists and scalars are
@@ -198,6 +198,9 @@ class RuntimeConfig:
     # a NaN/Inf in the logits, the loss or a gradient: "stop" the run (last.pt keeps the last good
     # epoch) or "skip" the step (no update; counted as train/skipped_steps; a sync per step)
     nonfinite: Literal["stop", "skip"] = "stop"
+    # every N training steps, the gradient norm each loss term puts on the student logits
+    # (lud.engine.gradnorms; epoch means as grad_norm/<term> in metrics.jsonl); 0 = off
+    grad_norms_every: int = 0
 
 
 @dataclass
@@ -585,6 +588,10 @@ def validate_config(cfg: Config, *, registries: bool = True) -> None:
     _check(
         r.max_steps_per_epoch is None or r.max_steps_per_epoch >= 1,
         f"runtime.max_steps_per_epoch must be null or >= 1, got {r.max_steps_per_epoch}",
+    )
+    _check(
+        r.grad_norms_every >= 0,
+        f"runtime.grad_norms_every must be >= 0 (0 = off), got {r.grad_norms_every}",
     )
     if r.teacher_cache:
         _check(t.name is not None, "runtime.teacher_cache needs a teacher (teacher.name is null)")
