@@ -34,10 +34,10 @@ every case the probe costs about one extra backward through the loss: for LUD, p
 steps adds ≈ 0.35 ms per step on average.
 
 In training (``runtime.grad_norms_every: N``, :func:`lud.engine.step.compute_loss`; measured with
-``scripts/bench_train_costs.py probe``, docs/benchmarks.md "Training costs"): LUD, 100 classes,
-``mlp_tiny`` student, 42 steps per epoch, same loaded machine — median epoch 10.7 s off, 21.9 s
-with N = 1 (×2.05: for a tiny student the loss dominates a step), and at N = 10 a difference
-inside the run-to-run spread (≈ 5 probes × 17.5 ms ≈ 0.1 s per epoch by the per-call figure).
+``scripts/bench_train_costs.py probe-steps``, docs/benchmarks.md "Training costs"): LUD, 100
+classes, ``mlp_tiny`` student, batch 128, probe off and on alternating step by step, one thread —
+median 43.2 ms per step off, 61.1 ms with N = 1 (×1.41: for a tiny student the loss is a large part
+of a step), so ≈ ×1.04 at N = 10.
 """
 
 from __future__ import annotations
