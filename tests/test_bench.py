@@ -24,6 +24,7 @@ from lud.engine.runlog import read_metrics
 from lud.experiments import bench
 from lud.experiments.bench import (
     ABLATIONS,
+    DEFAULT_METHODS,
     STUDENT,
     parse_method_params,
     parse_seeds,
@@ -214,6 +215,20 @@ def test_plan_ablation_variants(project: dict[str, Path], tmp_path: Path) -> Non
     assert {label for label, _, _ in ABLATIONS["lud"]} == set(expected)
     student = next(r for r in plan.runs if r.variant.label == STUDENT)
     assert student.config.loss.name == "ce" and student.config.teacher.name is None
+
+
+def test_default_methods_include_the_newer_baselines(
+    project: dict[str, Path], tmp_path: Path
+) -> None:
+    """No --methods: every default builds and validates in the bench's one-view setting
+    (lud-released as its weak-view objective), wttm, rld and lud-released among them."""
+    plan = plan_bench(project["config"], None, 1, output_dir=tmp_path / "b")
+    labels = [v.label for v in plan.variants]
+    assert labels == [STUDENT, *DEFAULT_METHODS]
+    assert {"wttm", "rld", "lud-released"} <= set(labels)
+    for r in plan.runs:
+        assert r.config.data.strong_augment is None
+        assert not build_loss(r.config.loss.name, **r.config.loss.params).two_views
 
 
 # ----------------------------------------------------------------------------- the table

@@ -68,6 +68,11 @@ LUD_PARAMS = {"dynamic_temperature": "off", "teacher_rank": "soft", "rank_streng
 LUD_GATHER = {"name": "lud", "params": {**LUD_PARAMS, "gather": True}}
 LUD_LOCAL = {"name": "lud", "params": LUD_PARAMS}
 SKIP = {"nonfinite": "skip", "log_every": 2}
+# Two views (weak + RandAugment strong, two forward passes per step through DDP). MLKD reduced to
+# per-sample terms (no masks, no class/batch Gram terms), so 2 × 8 = 1 × 16 holds exactly.
+MLKD_2V = {"name": "mlkd", "params": {"two_views": True, "mask_mode": "none",
+                                      "class_weight": 0.0, "batch_weight": 0.0}}
+STRONG = {"strong_augment": {"num_ops": 2, "magnitude": 9}}
 # Dropout draws from the global RNG: resuming must restore each rank's own stream.
 DROPOUT_MODEL = {"name": "mlp", "kwargs": {"hidden": [32], "dropout": 0.3}}
 
@@ -202,6 +207,7 @@ def _worker_main(argv: list[str]) -> None:
     lud_cfg.runtime.data_on_device = True  # on CPU: the device-resident batching code path
     train(lud_cfg)
     train(student(root, "lud_w2_local", LUD_LOCAL, data={"batch_size": B}))
+    train(student(root, "views_w2", MLKD_2V, data={"batch_size": B, **STRONG}))
     for name in ("drop_full", "drop_part"):
         cfg = student(root, name, KD, data={"batch_size": B}, model=DROPOUT_MODEL)
         train(cfg, stop_after=1 if name == "drop_part" else None)
@@ -255,6 +261,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torchrun("-m", "lud", "train", str(root / "drop_part.yaml"), "--resume")
     train(student(root, "kd_w1", KD))
     train(student(root, "lud_w1", LUD_GATHER))
+    train(student(root, "views_w1", MLKD_2V, data=STRONG))
     with nan_input_at(3, rank=None):
         train(student(root, "skip_w1", KD, runtime=SKIP))
     return root
@@ -429,14 +436,17 @@ def test_lud_gather_equals_one_process_on_the_global_batch(env: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("w2", "w1"), [("kd_w2", "kd_w1"), ("lud_w2", "lud_w1"), ("skip_w2", "skip_w1")]
+    ("w2", "w1"),
+    [("kd_w2", "kd_w1"), ("lud_w2", "lud_w1"), ("skip_w2", "skip_w1"),
+     ("views_w2", "views_w1")],
 )
 def test_two_processes_equal_one_with_the_global_batch(env: Path, w2: str, w1: str) -> None:
     """batch 8 × 2 processes = batch 16 × 1 process: weights, training and test metrics.
     KD: per-sample loss; LUD with gather: batch statistics over the global batch (and the
     2-process LUD run cuts its batches from device-resident data); skip: runtime.nonfinite=skip
     with a NaN in one rank's half of step 3 skips that step on both ranks, as one process with
-    the whole batch does."""
+    the whole batch does; views: two-view MLKD, each rank training on its rows of the global
+    batch's weak and strong views."""
     a, b = _ckpt(env, w2), _ckpt(env, w1)
     assert a["world_size"] == 2 and b["world_size"] == 1
     # Measured: KD 2e-7, LUD 3e-5 (its soft ranks amplify rounding over 12 steps); LUD without

@@ -194,3 +194,29 @@ def test_class_gain_heatmap_for_many_classes(tmp_path: Path) -> None:
     )
     img = imread(tmp_path / "g.png")
     assert img.shape[1] > 2 * img.shape[0]  # wide: one column per class
+
+
+def test_gradient_norm_plots_for_bench_and_run(bench_dir: Path, tmp_path: Path) -> None:
+    """runtime.grad_norms_every on: the page draws each term's norm per method (bench folder)
+    and per run (run folder); without it the section says it was skipped."""
+    out = tmp_path / "probe_bench"
+    run_bench(bench_dir.parent / "kd.yaml", ["kd"], 1, ["runtime.grad_norms_every=1"],
+              output_dir=out, log=None)
+    from lud.engine.runlog import read_metrics
+    from lud.experiments.report import _grad_norm_terms
+
+    kd_rows = read_metrics(out / "kd" / "seed0" / "metrics.jsonl")
+    assert all(r["grad_norm/kd"] > 0 and r["grad_norm/ce"] > 0 for r in kd_rows)
+    _, groups, _ = discover_runs(out)
+    for g in groups:
+        g.metrics = [read_metrics(run / "metrics.jsonl") for run in g.runs]
+    assert {g.label: _grad_norm_terms(g) for g in groups} == {"student": ["ce"],
+                                                              "kd": ["ce", "kd"]}
+    page = make_report(out, evaluate=False)
+    assert "grad_norms.png" in _check_page(page)
+    assert "## Gradient norm of each loss term" in page.read_text()
+    run_page = make_report(out / "kd" / "seed0", tmp_path / "run_rep", evaluate=False)
+    assert "grad_norms.png" in _check_page(run_page)
+    plain = make_report(bench_dir / "kd" / "seed0", tmp_path / "plain", evaluate=False)
+    assert "grad_norms.png" not in _check_page(plain)
+    assert "No run logged gradient norms" in plain.read_text()

@@ -12,8 +12,9 @@ A run is described by one YAML file with the sections below (every key optional 
     solver:     {optimizer, lr, momentum, nesterov, weight_decay, epochs, schedule,
                  milestones, gamma, warmup_epochs, min_lr}
     runtime:    {device, amp, channels_last, compile, log_every, progress, eval_every,
-                 teacher_cache, teacher_cache_dir, max_steps_per_epoch, tensorboard, dist_backend, sync_bn,
-                 data_on_device, compile_teacher, nonfinite}
+                 teacher_cache, teacher_cache_dir, max_steps_per_epoch, tensorboard,
+                 dist_backend, sync_bn, data_on_device, compile_teacher, nonfinite,
+                 grad_norms_every}
 
 Inheritance: a file may say ``_base_: ../base.yaml`` (or a list of paths, applied in order),
 relative to the file itself. Mappings merge key by key, recursively; lists and scalars are
@@ -201,6 +202,9 @@ class RuntimeConfig:
     # a NaN/Inf in the logits, the loss or a gradient: "stop" the run (last.pt keeps the last good
     # epoch) or "skip" the step (no update; counted as train/skipped_steps; a sync per step)
     nonfinite: Literal["stop", "skip"] = "stop"
+    # every N training steps, the gradient norm each loss term puts on the student logits
+    # (lud.engine.gradnorms; epoch means as grad_norm/<term> in metrics.jsonl); 0 = off
+    grad_norms_every: int = 0
 
 
 @dataclass
@@ -592,6 +596,10 @@ def validate_config(cfg: Config, *, registries: bool = True) -> None:
     _check(
         r.teacher_cache_dir is None or r.teacher_cache,
         "runtime.teacher_cache_dir is set but runtime.teacher_cache is false: set it true",
+    )
+    _check(
+        r.grad_norms_every >= 0,
+        f"runtime.grad_norms_every must be >= 0 (0 = off), got {r.grad_norms_every}",
     )
     if r.teacher_cache:
         _check(t.name is not None, "runtime.teacher_cache needs a teacher (teacher.name is null)")

@@ -243,8 +243,8 @@ def _bench_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--methods",
-        help="comma-separated losses (default: kd,dkd,dist,kd+ls,ctkd,mlkd,lud; none with "
-        "--ablate); the student alone is always trained",
+        help="comma-separated losses (default: kd,dkd,dist,kd+ls,ctkd,mlkd,wttm,rld,"
+        "lud-released,lud; none with --ablate); the student alone is always trained",
     )
     p.add_argument(
         "--seeds",

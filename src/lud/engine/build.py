@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, ConfigError, config_to_dict, teacher_cache_error
+from ..config import (
+    Config,
+    ConfigError,
+    config_to_dict,
+    strong_augment_params,
+    teacher_cache_error,
+)
 from . import distributed
 from .metrics import evaluate
 from .optim import LRSchedule, build_optimizer
@@ -39,6 +45,11 @@ if TYPE_CHECKING:
     from ..data import DataBundle
 
 __all__ = ["Run", "run_data"]
+
+TWO_VIEW_CACHE_ERROR = (
+    "runtime.teacher_cache cannot be used with data.strong_augment: the strong view is random on "
+    "every step, so cached teacher logits would belong to another image"
+)
 
 
 def run_data(cfg: Config) -> DataBundle:
@@ -88,6 +99,8 @@ class Run:
     checkpoints (``best``, ``max_test_top1``, ``start_epoch``, ``saved_epoch``, ``wall_before``,
     ``teacher_top1``); ``cache`` (:func:`_build_teacher_cache`); ``ddp``, ``forward`` (the
     module a training step calls) and ``eval_model`` (:func:`_wrap_and_compile`).
+    ``train_tf.strong`` is the strong view's RandAugment when the run trains on two views
+    (``data.strong_augment``); ``grad_norms`` the last step's probe (``runtime.grad_norms_every``).
     """
 
     def __init__(self, cfg: Config, resume: bool) -> None:
@@ -108,6 +121,8 @@ class Run:
         self.bundle = run_data(cfg)
         if cfg.runtime.teacher_cache and self.bundle.augment != "none":
             raise ConfigError(teacher_cache_error(self.bundle.augment))
+        if cfg.runtime.teacher_cache and cfg.data.strong_augment is not None:
+            raise ConfigError(TWO_VIEW_CACHE_ERROR)
         _build_loaders(self, cfg)
         _build_modules(self, cfg)
         _build_optimization(self, cfg)
@@ -126,6 +141,8 @@ class Run:
         self.saved_epoch = 0  # the epoch last.pt holds
         self.wall_before = 0.0
         self.teacher_top1: float | None = None
+        self.grad_norms: dict[str, float] | None = None  # set by step.compute_loss when probed
+        self.epoch_grad_norms: list[tuple[int, dict[str, float]]] = []  # loop.train_epoch's
         _build_teacher_cache(self, cfg)
         if self.resume_ckpt is not None:
             load_run_state(self, self.run_dir / "last.pt", self.resume_ckpt)
@@ -240,7 +257,12 @@ def _build_loaders(run: Run, cfg: Config) -> None:
             )
         run.train_loader = _on_device(run.train_loader, dev)
         run.eval_loaders = {k: _on_device(v, dev) for k, v in run.eval_loaders.items()}
-    run.train_tf = make_batch_transform(bundle, train=True).to(dev)
+    strong = None
+    if d.strong_augment is not None:  # two views: the weak view + a RandAugment'ed one
+        from ..data.randaugment import BatchRandAugment
+
+        strong = BatchRandAugment(*strong_augment_params(d.strong_augment))
+    run.train_tf = make_batch_transform(bundle, train=True, strong=strong).to(dev)
     run.eval_tf = make_batch_transform(bundle, train=False).to(dev)
 
 
@@ -258,6 +280,7 @@ def _build_modules(run: Run, cfg: Config) -> None:
     if r.sync_bn and run.ctx.distributed:
         run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
     run.loss = build_loss(cfg.loss.name, **cfg.loss.params).to(dev)
+    _check_views(run, cfg)
     # The loss's input validation reads values back from the device (target range, NaN).
     # Shapes, class counts and targets are checked on the first step; after that a NaN is
     # caught by the trainer's own sync-free tracking (lud.engine.loop), not once per step.
@@ -276,6 +299,24 @@ def _build_modules(run: Run, cfg: Config) -> None:
         run.model.to(memory_format=torch.channels_last)
         if run.teacher is not None:
             run.teacher.to(memory_format=torch.channels_last)
+
+
+def _check_views(run: Run, cfg: Config) -> None:
+    """Two views exactly when the loss takes them, and never with cached teacher logits
+    (validate_config says so too; this guards a Run built from an unvalidated config)."""
+    two_views = bool(getattr(run.loss, "two_views", False))
+    if two_views and run.train_tf.strong is None:
+        raise ConfigError(
+            f"loss '{cfg.loss.name}' takes two views (two_views=true): set data.strong_augment "
+            "(e.g. {num_ops: 2, magnitude: 10})"
+        )
+    if not two_views and run.train_tf.strong is not None:
+        raise ConfigError(
+            f"data.strong_augment is set but loss '{cfg.loss.name}' takes one view: set "
+            "loss.params.two_views=true (lud-released, mlkd) or remove data.strong_augment"
+        )
+    if two_views and cfg.runtime.teacher_cache:
+        raise ConfigError(TWO_VIEW_CACHE_ERROR)
 
 
 def _build_optimization(run: Run, cfg: Config) -> None:

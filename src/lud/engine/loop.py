@@ -25,7 +25,7 @@ from .metrics import RunningSums
 from .runfolder import lookup_last, run_state, save_config
 from .runlog import MetricsLog, logger
 from .seeding import capture_rng_state, make_generator
-from .step import TrainingDivergedError, augment, diverged, guarded_step, train_step
+from .step import TrainingDivergedError, augment_views, diverged, guarded_step, train_step
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -92,6 +92,8 @@ class _EpochTally:
     seen: int = 0
     skipped: int = 0
     t0: float = field(default_factory=time.perf_counter)
+    #: ``runtime.grad_norms_every``: ``(global step, {term: norm})`` of each probed step
+    grad_norms: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
     def add(self, out: Any, s_logits: Tensor, y: Tensor, step: int) -> None:
         total = out.total.detach()
@@ -145,9 +147,11 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
         if step >= run.steps:
             break
         fault_point("step")
-        x = augment(run, images.to(dev, non_blocking=True), gen)
+        x, x_strong = augment_views(run, images.to(dev, non_blocking=True), gen)
         if cfg.runtime.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+            if x_strong is not None:
+                x_strong = x_strong.contiguous(memory_format=torch.channels_last)
         y = labels.to(dev, non_blocking=True)
         t_logits = None
         if run.cache is not None:
@@ -155,10 +159,12 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
             t_logits = run.cache.lookup(order[step * bs : step * bs + labels.shape[0]], dev)
         tally.seen += int(labels.shape[0])
         if skip_mode:
-            result = guarded_step(run, x, t_logits, y, epoch, step)
+            result = guarded_step(run, x, t_logits, y, epoch, step, x_strong)
             tally.skipped += result is None
         else:
-            result = train_step(run, x, t_logits, y, epoch, step, tally.first_bad)
+            result = train_step(run, x, t_logits, y, epoch, step, tally.first_bad, x_strong)
+        if result is not None and run.grad_norms is not None:
+            tally.grad_norms.append((epoch * run.steps + step, run.grad_norms))
         if result is not None:
             tally.add(*result, y, step)
         if (step + 1) % cfg.runtime.log_every == 0 or step + 1 == run.steps:
@@ -193,9 +199,32 @@ def _epoch_row(
     out_row.update({f"train/{k}": v for k, v in means.items()})
     if skip_mode:
         out_row["train/skipped_steps"] = tally.skipped
+    out_row.update(_grad_norm_means(run, tally.grad_norms))
+    run.epoch_grad_norms = tally.grad_norms
     images = tally.seen * run.ctx.world_size  # every rank sees as many samples
     out_row.update({"time/epoch_s": elapsed, "time/images_per_s": images / max(elapsed, 1e-9)})
     return out_row
+
+
+def _grad_norm_means(
+    run: Run, probes: list[tuple[int, dict[str, float]]]
+) -> dict[str, float]:
+    """``grad_norm/<term>``: the epoch's mean of each term's probed norm (over ranks too)."""
+    if not run.cfg.runtime.grad_norms_every:
+        return {}
+    names = list(dict.fromkeys(k for _, norms in probes for k in norms))
+    # every rank probes the same steps, so the names agree; sums and a count are reduced
+    names = distributed.broadcast_object(names)
+    sums = torch.tensor(
+        [sum(n.get(k, 0.0) for _, n in probes) for k in names] + [float(len(probes))],
+        dtype=torch.float64,
+    )
+    if run.reduce is not None:
+        sums = run.reduce(sums.to(run.ctx.device)).cpu()
+    count = float(sums[-1])
+    if count == 0:
+        return {}
+    return {f"grad_norm/{k}": float(v) / count for k, v in zip(names, sums[:-1].tolist())}
 
 
 def _evaluate_epoch(run: Run, epoch: int, row: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
@@ -282,6 +311,8 @@ def run_epochs(
         wall = run.wall_before + time.perf_counter() - t_start
         row["time/wall_s"] = wall
         _save_epoch(run, epoch, row, wall, improved, mlog)
+        if mlog is not None and run.epoch_grad_norms:
+            mlog.write_steps("grad_norm_step", run.epoch_grad_norms)
         done = epoch + 1
     summary = _summary(run, done, last, run.wall_before + time.perf_counter() - t_start)
     if ctx.is_main:

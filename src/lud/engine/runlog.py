@@ -68,6 +68,8 @@ class MetricsLog:
             rows = [r for r in read_metrics(self.path) if int(r.get("epoch", 0)) <= resume_epoch]
             atomic_write_text("".join(json.dumps(r) + "\n" for r in rows), self.path)
         self._tb = None
+        self._tb_steps: Any = None
+        self._run_dir, self._resumed = Path(run_dir), resume_epoch is not None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -97,10 +99,33 @@ class MetricsLog:
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
 
+    def write_steps(self, prefix: str, points: list[tuple[int, dict[str, float]]]) -> None:
+        """Per-step values (``prefix/<name>`` at each global step) to TensorBoard only.
+
+        They go to their own writer under ``tb/steps``: the epoch writer purges by epoch number
+        on resume, this one by the first step written after a resume (dropping what a killed
+        run logged past its last checkpoint).
+        """
+        if self._tb is None or not points:
+            return
+        if self._tb_steps is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = points[0][0] if self._resumed else None
+            self._tb_steps = SummaryWriter(log_dir=str(self._run_dir / "tb" / "steps"),
+                                           purge_step=purge)
+        for step, values in points:
+            for name, value in values.items():
+                self._tb_steps.add_scalar(f"{prefix}/{name}", value, step)
+        self._tb_steps.flush()
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._tb_steps is not None:
+            self._tb_steps.close()
+            self._tb_steps = None
 
 
 def attach_file_log(run_dir: Path) -> logging.Handler:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import distributed
+from .gradnorms import term_grad_norms
 from .runlog import logger
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TrainingDivergedError",
     "augment",
+    "augment_views",
     "compute_loss",
     "diverged",
     "guarded_step",
@@ -62,6 +64,34 @@ def augment(run: Run, x: Tensor, gen: torch.Generator) -> Tensor:
     return run.eval_tf(x)  # normalisation only: an evaluation transform never augments
 
 
+def augment_views(run: Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """``(weak, strong)`` training views of this rank's batch ``x``; ``strong`` is ``None``
+    unless the run trains on two views (``data.strong_augment``).
+
+    Both come from ``gen``, the epoch's generator, in the order of
+    :meth:`lud.data.BatchTransform.two_views` (weak crop/flip, strong crop/flip, RandAugment), so a
+    resumed run draws the same views. Data-parallel: as :func:`augment`, the parameters of the
+    global batch are drawn and this rank keeps its rows, so N processes train on the images one
+    process with the global batch would.
+    """
+    tf, world = run.train_tf, run.ctx.world_size
+    if tf.strong is None:
+        return augment(run, x, gen), None
+    if world == 1:
+        return tf.two_views(x, generator=gen)
+    b = x.shape[0] * world
+    weak_p = tf.sample_params(b, gen) if tf.augments else None
+    strong_p = tf.sample_params(b, gen) if tf.augments else None
+    ops, signs = tf.strong.sample_params(b, gen)
+    mine = slice(run.ctx.rank, None, world)
+    x = x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
+    weak = x if weak_p is None else tf.apply_params(x, *(p[mine] for p in weak_p))
+    strong = x if strong_p is None else tf.apply_params(x, *(p[mine] for p in strong_p))
+    if tf.strong.num_ops > 0:
+        strong = tf.strong.apply_params(strong, ops[mine], signs[mine])
+    return run.eval_tf(weak), run.eval_tf(strong)  # normalisation only
+
+
 def any_rank(run: Run, flag: Tensor) -> bool:
     """``flag`` (a 0-d bool tensor) on this rank or, data-parallel, on any rank."""
     value = flag.to(torch.long).reshape(())
@@ -78,27 +108,54 @@ def compute_loss(
     epoch: int,
     step: int,
     *,
+    x_strong: Tensor | None = None,
     first_bad: Tensor | None = None,
     skip_bad_logits: bool = False,
 ) -> tuple[Any, Tensor] | None:
     """Student (and live teacher) logits of batch ``x`` and the loss on them: ``(output, logits)``.
 
     ``t_logits`` come from the teacher cache, or are ``None`` (then the live teacher, if any,
-    computes them). With ``skip_bad_logits``, returns ``None`` before calling the loss when the
+    computes them). ``x_strong``: the strong view of the same images (two-view losses); the
+    student and the teacher run on it too (separate forward passes, as the published two-view
+    recipes do, so BatchNorm sees each view alone) and the loss gets its logits as
+    ``strong_student_logits`` / ``strong_teacher_logits``. The returned logits are the weak
+    view's. With ``skip_bad_logits``, returns ``None`` before calling the loss when the
     student's logits are NaN/Inf on any rank. A ``ValueError`` of the loss (bad data, a broken
     teacher) gets the epoch and step; with ``first_bad`` (the sync-free NaN tracking of
     ``runtime.nonfinite='stop'``) it becomes a :class:`TrainingDivergedError` when the student's
     logits are not finite (a NaN loss at an earlier step poisoned the weights).
+
+    ``runtime.grad_norms_every = N > 0``: on every N-th step of the run (global step index
+    ``epoch · steps + step`` divisible by N) :func:`lud.engine.gradnorms.term_grad_norms` measures
+    each loss term's gradient norm on the logits the loss received (both views' together), before
+    any backward; the result is left in ``run.grad_norms`` (``None`` on other steps). It only
+    reads gradients, so the update is unchanged.
     """
+    s2 = t2 = None
     with run.ctx.autocast():
         if run.teacher is not None and run.cache is None:
             with torch.no_grad():
                 t_logits = run.teacher(x)
+                if x_strong is not None:
+                    t2 = run.teacher(x_strong)
         s_logits = run.forward(x)
-    if skip_bad_logits and any_rank(run, ~torch.isfinite(s_logits.detach()).all()):
-        return None
+        if x_strong is not None:
+            s2 = run.forward(x_strong)
+    if x_strong is not None and t2 is None:
+        # build.py refuses the teacher cache with two views; this keeps the rule local too
+        raise ValueError("two-view training needs a live teacher (no runtime.teacher_cache)")
+    students = [s_logits] if s2 is None else [s_logits, s2]
+    if skip_bad_logits:
+        finite = torch.stack([torch.isfinite(s.detach()).all() for s in students]).all()
+        if any_rank(run, ~finite):
+            return None
+    strong = {} if s2 is None else {"strong_student_logits": s2, "strong_teacher_logits": t2}
+    run.grad_norms = None
     try:
-        out = run.loss(s_logits, t_logits, y, epoch=epoch + step / run.steps)
+        out = run.loss(s_logits, t_logits, y, epoch=epoch + step / run.steps, **strong)
+        every = run.cfg.runtime.grad_norms_every
+        if every and (epoch * run.steps + step) % every == 0:
+            run.grad_norms = term_grad_norms(out, students)
     except ValueError as exc:
         if first_bad is not None and not bool(torch.isfinite(s_logits).all()):
             # A NaN loss at an earlier step poisoned the weights: report that step.
@@ -132,10 +189,13 @@ def train_step(
     epoch: int,
     step: int,
     first_bad: Tensor,
+    x_strong: Tensor | None = None,
 ) -> tuple[Any, Tensor]:
     """One training step, ``runtime.nonfinite='stop'``: NaN is detected without a sync."""
     run.loss.validate = not run.inputs_checked
-    result = compute_loss(run, x, t_logits, y, epoch, step, first_bad=first_bad)
+    result = compute_loss(
+        run, x, t_logits, y, epoch, step, x_strong=x_strong, first_bad=first_bad
+    )
     assert result is not None  # only skip_bad_logits returns None
     out, s_logits = result
     run.inputs_checked = True
@@ -145,7 +205,13 @@ def train_step(
 
 
 def guarded_step(
-    run: Run, x: Tensor, t_logits: Tensor | None, y: Tensor, epoch: int, step: int
+    run: Run,
+    x: Tensor,
+    t_logits: Tensor | None,
+    y: Tensor,
+    epoch: int,
+    step: int,
+    x_strong: Tensor | None = None,
 ) -> tuple[Any, Tensor] | None:
     """One step, ``runtime.nonfinite='skip'``: ``None`` if it was skipped.
 
@@ -171,7 +237,9 @@ def guarded_step(
             what,
         )
 
-    result = compute_loss(run, x, t_logits, y, epoch, step, skip_bad_logits=True)
+    result = compute_loss(
+        run, x, t_logits, y, epoch, step, x_strong=x_strong, skip_bad_logits=True
+    )
     if result is None:
         skip("the student's logits are NaN/Inf")
         return None

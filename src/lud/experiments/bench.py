@@ -79,8 +79,11 @@ __all__ = [
     "run_status",
 ]
 
-#: Methods benchmarked when none are named.
-DEFAULT_METHODS = ("kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "lud")
+#: Methods benchmarked when none are named. All one-view (the bench's single-view default):
+#: ``lud-released`` is the released objective's weak-view part (``two_views`` off).
+DEFAULT_METHODS = (
+    "kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "wttm", "rld", "lud-released", "lud",
+)
 
 #: ``--ablate NAME``: (label, part switched off, loss parameters that switch it off).
 ABLATIONS: dict[str, tuple[tuple[str, str, dict[str, Any]], ...]] = {
@@ -112,6 +115,7 @@ _EXECUTION_KEYS = frozenset(
         "runtime.compile",
         "runtime.channels_last",
         "runtime.teacher_cache",
+        "runtime.grad_norms_every",  # the probe only reads gradients (tests/test_gradnorms.py)
     }
 )
 

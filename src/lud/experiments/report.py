@@ -9,6 +9,10 @@ What it draws (each piece is skipped, with a note on the page, when its inputs a
   (mean, and the band between the batch minimum and maximum, each averaged over the epoch) and
   the Spearman ρ of the category and sample terms, per epoch (``train/stat/*`` in
   ``metrics.jsonl``).
+* ``grad_norms.png``: for runs trained with ``runtime.grad_norms_every`` (``grad_norm/*`` in
+  ``metrics.jsonl``), one panel per method: the gradient norm each loss term puts on the
+  student logits, per epoch (the epoch's mean over probed steps; mean over seeds, shaded
+  min–max), log scale. Which term drives learning, and which goes quiet.
 * ``reliability.png``: reliability diagram (accuracy against confidence, 15 bins, pooled over
   seeds) and confidence histogram of the teacher and of each student's best checkpoint on the
   test set.
@@ -300,6 +304,48 @@ def _plot_lud(groups: list[RunGroup], colors: dict[str, Any], out: Path) -> bool
     return True
 
 
+def _grad_norm_terms(g: RunGroup) -> list[str]:
+    """The loss terms whose gradient norm ``g``'s runs logged (first-seen order)."""
+    keys = (k for rows in g.metrics for row in rows for k in row if k.startswith("grad_norm/"))
+    return [k.removeprefix("grad_norm/") for k in dict.fromkeys(keys)]
+
+
+def _plot_grad_norms(groups: list[RunGroup], out: Path) -> bool:
+    """One panel per method with ``grad_norm/*`` columns: each term's norm per epoch, log y."""
+    probed = [g for g in groups if _grad_norm_terms(g)]
+    if not probed:
+        return False
+    from matplotlib import colormaps
+
+    rows, cols = _grid(len(probed))
+    fig = _figure(3.6 * cols, 2.8 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    tab10 = colormaps["tab10"]
+    for ax, g in zip(axes.flat, probed):
+        zero = []
+        for i, term in enumerate(_grad_norm_terms(g)):
+            s = _series(g.metrics, f"grad_norm/{term}")
+            if s is None or not np.all(s[2] > 0):  # a log axis cannot show a zero norm
+                zero.append(term)
+                continue
+            _plot_band(ax, s, tab10(i % 10), "-", term)
+        n = len(g.runs)
+        title = f"{_name(g)} ({n} seed{'s' if n > 1 else ''})"
+        ax.set_title(title + (f"\nnorm 0: {', '.join(zero)}" if zero else ""), fontsize=9)
+        if ax.lines:
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_xlabel("epoch")
+        _integer_epochs(ax)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("‖∂ term / ∂ student logits‖", fontsize=8)
+    for ax in list(axes.flat)[len(probed):]:
+        ax.set_visible(False)
+    fig.savefig(out)
+    return True
+
+
 def _pool(evals: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bins, per-class correct and per-class total summed over seeds."""
     bins = np.sum([np.asarray(e.bins, dtype=float) for e in evals], axis=0)
@@ -462,6 +508,13 @@ _TEXT = {
         "keep), the dynamic temperature (mean; batch minimum and maximum) and the correlation ρ "
         "between teacher and student Gram rows of the category (CDL) and sample (SDL) terms."
     ),
+    "grad_norms": (
+        "Per loss term, the norm of the gradient it puts on the student logits "
+        "(`runtime.grad_norms_every`: every N steps, before the backward pass; the epoch's mean "
+        "over probed steps, both views together for two-view losses), mean over seeds with the "
+        "min–max band, log scale. The terms are weighted as in the loss, so the curves compare "
+        "what each term contributes to the update."
+    ),
     "reliability": (
         "Reliability diagram on the test set: accuracy against mean confidence in each of 15 "
         "equal-width confidence bins (students: best checkpoints, seeds pooled), and how the "
@@ -547,6 +600,12 @@ def make_report(
     else:
         md += ["_No LUD run here: skipped._", ""]
         notes.append("No LUD run: the LUD statistics plot is skipped.")
+
+    md += ["## Gradient norm of each loss term", ""]
+    if _plot_grad_norms(groups, out / "grad_norms.png"):
+        md += [_TEXT["grad_norms"], "", "![gradient norm per loss term](grad_norms.png)", ""]
+    else:
+        md += ["_No run logged gradient norms (runtime.grad_norms_every = 0): skipped._", ""]
 
     teacher_eval: ModelEval | None = None
     if teacher_cfg is None:
