@@ -31,7 +31,7 @@ QUIET="runtime.progress=false"
 if [ ! -f "$OUT/fashion_pairs-ce-cnn_large/summary.json" ]; then
   OMP_NUM_THREADS=2 "$LUD" train fashion_pairs/ce/cnn_large --output-dir "$OUT" $QUIET
 fi
-TEACHER="teacher.checkpoint=$OUT/fashion_pairs-ce-cnn_large/best.pt"
+TEACHER="teacher.checkpoint=$OUT/fashion_pairs-ce-cnn_large/best.pt runtime.teacher_cache_dir=$OUT/teacher_logits"
 
 for pair in $PAIRS; do
   cfg=fashion_pairs/lud/$pair
