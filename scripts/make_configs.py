@@ -261,9 +261,7 @@ def all_configs() -> dict[Path, dict]:
         }
         solver = dict(SMALL_SOLVER, epochs=over["epochs"])
         for m in sorted({m for pair in SMALL_PAIRS for m in pair}):
-            out[Path(ds) / "ce" / f"{m}.yaml"] = _config(
-            f"{ds}-ce-{m}", data, m, solver, "ce", {}, model_kwargs=_pairs_kwargs
-        )
+            out[Path(ds) / "ce" / f"{m}.yaml"] = _config(f"{ds}-ce-{m}", data, m, solver, "ce", {})
         for t, s in SMALL_PAIRS:
             for method in SMALL_METHODS:
                 out[Path(ds) / method / f"{_file_stem(t, s)}.yaml"] = _config(
