@@ -58,10 +58,15 @@ def ref_temperature(zs, zt, mode, t_min, t_max, tmap, base=4.0):
         return np.full((b, c), base)
     row = np.array([rho_s(zs[i], zt[i]) for i in range(b)])
     col = np.array([rho_s(zs[:, j], zt[:, j]) for j in range(c)])
+    # the map sees one value per sample ("sample"), per class ("class") or per entry ("full")
+    if mode == "sample":
+        return np.repeat(ref_map(row, t_min, t_max, tmap)[:, None], c, axis=1)
+    if mode == "class":
+        return np.repeat(ref_map(col, t_min, t_max, tmap)[None, :], b, axis=0)
     rho = np.zeros((b, c))
     for i in range(b):
         for j in range(c):
-            rho[i, j] = {"sample": row[i], "class": col[j], "full": (row[i] + col[j]) / 2}[mode]
+            rho[i, j] = (row[i] + col[j]) / 2
     return ref_map(rho, t_min, t_max, tmap)
 
 
@@ -71,11 +76,15 @@ def ref_map(rho, t_min, t_max, tmap):
         t = t_min + (t_max - t_min) * (1 - np.exp(-np.maximum(rho, 0)))
     elif tmap == "paper_normalized":
         t = t_min + (t_max - t_min) * (1 - np.exp(-np.maximum(rho, 0))) / (1 - np.exp(-1))
-    else:
+    elif tmap in ("released", "minmax"):
         lo, hi = rho.min(), rho.max()
-        t = t_min + (t_max - t_min) * (
-            (hi - rho) / (hi - lo) if hi > lo else 0.5 * np.ones_like(rho)
-        )
+        frac = (rho - lo) / (hi - lo) if hi > lo else 0.5 * np.ones_like(rho)
+        t = t_min + (t_max - t_min) * (1 - frac if tmap == "released" else frac)
+    else:  # batch quantile of rho: average ranks 1..n mapped onto [0, 1]
+        n = rho.size
+        frac = (rankdata(rho.ravel()).reshape(rho.shape) - 1) / (n - 1) if n > 1 else 0.5
+        frac = frac * np.ones_like(rho)
+        t = t_min + (t_max - t_min) * (1 - frac if tmap == "rank_inverse" else frac)
     return np.clip(t, t_min, t_max)
 
 
@@ -130,6 +139,9 @@ def ref_lud(
     instance_weight=1.0,
     cdl_weight=1.0,
     sdl_weight=1.0,
+    inter_weight=0.0,
+    intra_weight=0.0,
+    relation_mask=False,
     temperature=4.0,
     dynamic_temperature="sample",
     t_min=2.0,
@@ -193,6 +205,14 @@ def ref_lud(
             ps @ ps.T, pt @ pt.T, w, gram_reduction, rank_method
         )
         rhos["rho_sdl"] = ref_rho_mean(ps @ ps.T, pt @ pt.T, w, gram_reduction, rank_method)
+    if inter_weight:  # first-order: rows of P (samples), 1 - rho per row, weighted mean
+        w = u * (smask if relation_mask else 1)
+        terms["inter"] = inter_weight * ref_gram_loss(ps, pt, w, "row", rank_method)
+        rhos["rho_inter"] = ref_rho_mean(ps, pt, w, "row", rank_method)
+    if intra_weight:  # first-order: columns of P (classes over the batch)
+        w = v * (cmask if relation_mask else 1)
+        terms["intra"] = intra_weight * ref_gram_loss(ps.T, pt.T, w, "row", rank_method)
+        rhos["rho_intra"] = ref_rho_mean(ps.T, pt.T, w, "row", rank_method)
     return terms, dict(
         kept_samples=smask.mean(),
         kept_classes=cmask.mean(),
@@ -251,7 +271,8 @@ def test_soft_mask_formula(direction):
     assert ((got > 0) & (got < 1)).all()
 
 
-@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released"])
+@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released", "minmax", "rank",
+                                  "rank_inverse"])
 def test_map_temperature_formula_and_range(tmap):
     rho = torch.linspace(-1, 1, 21)
     got = map_temperature(rho, 2.0, 6.0, tmap).numpy()
@@ -261,12 +282,27 @@ def test_map_temperature_formula_and_range(tmap):
         assert got[10] == pytest.approx(2.0) and got[-1] == pytest.approx(6.0)
     if tmap == "paper":
         assert got[-1] == pytest.approx(2.0 + 4.0 * (1 - math.exp(-1)), rel=1e-5)
-    if tmap == "released":  # most similar -> lowest T
+    if tmap in ("released", "rank_inverse"):  # most similar -> lowest T
         assert got[-1] == pytest.approx(2.0) and got[0] == pytest.approx(6.0)
+    if tmap in ("minmax", "rank"):  # most similar -> highest T
+        assert got[-1] == pytest.approx(6.0) and got[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("tmap", ["rank", "rank_inverse"])
+def test_rank_map_spreads_a_clustered_batch_uniformly(tmap):
+    # correlations bunched near 0.95 (the saturated regime): the rank map still uses the range
+    rho = torch.tensor([0.95, 0.951, 0.949, 0.96, 0.955, 0.95])
+    got = map_temperature(rho, 2.0, 6.0, tmap).numpy()
+    ranks = rankdata(rho.numpy())  # the two 0.95 tie: both get rank 2.5
+    frac = (ranks - 1) / 5
+    want = 2.0 + 4.0 * (frac if tmap == "rank" else 1 - frac)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert map_temperature(torch.tensor([0.3]), 2.0, 6.0, tmap).item() == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("mode", ["sample", "class", "full"])
-@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released"])
+@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released", "minmax", "rank",
+                                  "rank_inverse"])
 def test_dynamic_temperature_matches_scipy(mode, tmap):
     zs, zt, _ = logits(b=6, c=5, seed=1)
     got = dynamic_temperature(zs, zt, mode, 2.0, 6.0, tmap).expand(6, 5).numpy()
@@ -275,7 +311,7 @@ def test_dynamic_temperature_matches_scipy(mode, tmap):
 
 
 @pytest.mark.parametrize("mode", ["sample", "class", "full"])
-@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released"])
+@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released", "rank"])
 @pytest.mark.parametrize("shape", [(1, 5), (2, 2), (16, 10)])
 def test_temperature_always_in_range(mode, tmap, shape):
     g = torch.Generator().manual_seed(3)
@@ -348,6 +384,13 @@ CONFIGS = [
     {"dynamic_temperature": "full", "temperature_map": "released"},
     {"instance_mask": True, "sample_mask": False, "class_mask": False},
     {"gram_reduction": "flat"},
+    {"temperature_map": "rank"},
+    {"temperature_map": "rank_inverse", "dynamic_temperature": "full"},
+    {"temperature_map": "minmax", "dynamic_temperature": "class"},
+    {"inter_weight": 1.5, "intra_weight": 0.5},
+    {"inter_weight": 1.0, "intra_weight": 2.0, "relation_mask": True, "rank_method": "pearson"},
+    {"inter_weight": 1.0, "cdl_weight": 0.0, "sdl_weight": 0.0, "mask_direction": "uncertain",
+     "relation_mask": True},
     {
         "rank_method": "pearson",
         "cdl_weight": 2.0,
@@ -377,8 +420,10 @@ def test_module_matches_reference(cfg):
     assert s["temperature_mean"] == pytest.approx(rstats["temperature"].mean(), rel=1e-5)
     assert s["temperature_min"] == pytest.approx(rstats["temperature"].min(), rel=1e-5)
     assert s["temperature_max"] == pytest.approx(rstats["temperature"].max(), rel=1e-5)
-    for k in ("rho_cdl", "rho_sdl"):
-        assert s[k] == pytest.approx(rstats[k], abs=1e-3), k
+    for k in ("rho_cdl", "rho_sdl", "rho_inter", "rho_intra"):
+        assert (k in s) == (k in rstats), k
+        if k in rstats:
+            assert s[k] == pytest.approx(rstats[k], abs=1e-3), k
 
 
 def test_default_strength_close_to_scipy():
@@ -540,6 +585,13 @@ def test_gradients_reach_student_only():
         {},
         {"mask_type": "soft"},
         {"gram_reduction": "flat"},
+    {"temperature_map": "rank"},
+    {"temperature_map": "rank_inverse", "dynamic_temperature": "full"},
+    {"temperature_map": "minmax", "dynamic_temperature": "class"},
+    {"inter_weight": 1.5, "intra_weight": 0.5},
+    {"inter_weight": 1.0, "intra_weight": 2.0, "relation_mask": True, "rank_method": "pearson"},
+    {"inter_weight": 1.0, "cdl_weight": 0.0, "sdl_weight": 0.0, "mask_direction": "uncertain",
+     "relation_mask": True},
         {"dynamic_temperature": "full"},
     ):
         zs.grad = None
@@ -580,6 +632,13 @@ def test_constant_logits_finite():
         {"mask_direction": "uncertain"},
         {"mask_type": "soft"},
         {"gram_reduction": "flat"},
+    {"temperature_map": "rank"},
+    {"temperature_map": "rank_inverse", "dynamic_temperature": "full"},
+    {"temperature_map": "minmax", "dynamic_temperature": "class"},
+    {"inter_weight": 1.5, "intra_weight": 0.5},
+    {"inter_weight": 1.0, "intra_weight": 2.0, "relation_mask": True, "rank_method": "pearson"},
+    {"inter_weight": 1.0, "cdl_weight": 0.0, "sdl_weight": 0.0, "mask_direction": "uncertain",
+     "relation_mask": True},
         {"standardize": True},
         {"temperature_map": "released"},
     ):

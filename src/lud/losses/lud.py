@@ -131,6 +131,7 @@ __all__ = [
     "instance_kl",
     "map_temperature",
     "rank_correlation",
+    "relation_rank_loss",
     "sample_spearman_loss",
     "teacher_confidence",
     "temperature_correlation",
@@ -140,14 +141,14 @@ __all__ = [
 MaskDirection = Literal["confident", "uncertain"]
 MaskType = Literal["hard", "soft"]
 TempMode = Literal["off", "sample", "class", "full"]
-TempMap = Literal["paper", "paper_normalized", "released"]
+TempMap = Literal["paper", "paper_normalized", "released", "minmax", "rank", "rank_inverse"]
 RankMethod = Literal["soft", "pearson"]
 Reduction = Literal["row", "flat"]
 
 _DIRECTIONS = ("confident", "uncertain")
 _MASK_TYPES = ("hard", "soft")
 _TEMP_MODES = ("off", "sample", "class", "full")
-_TEMP_MAPS = ("paper", "paper_normalized", "released")
+_TEMP_MAPS = ("paper", "paper_normalized", "released", "minmax", "rank", "rank_inverse")
 _THRESHOLDS = ("batch", "running", "fixed")
 _RANK_METHODS = ("soft", "pearson")
 _TEACHER_RANKS = ("hard", "soft")
@@ -245,6 +246,28 @@ def map_temperature(rho: Tensor, t_min: float, t_max: float, temperature_map: Te
         # most similar → lowest T; a batch with one similarity value sits at the midpoint
         frac = torch.where(rng > 1e-12, (hi - rho) / rng.clamp_min(1e-12),
                            torch.full_like(rho, 0.5))
+        t = t_min + span * frac
+    elif temperature_map == "minmax":
+        # the paper's direction (more aligned → higher T), spread over the batch's ρ range
+        lo, hi = rho.min(), rho.max()
+        rng = hi - lo
+        frac = torch.where(rng > 1e-12, (rho - lo) / rng.clamp_min(1e-12),
+                           torch.full_like(rho, 0.5))
+        t = t_min + span * frac
+    elif temperature_map in ("rank", "rank_inverse"):
+        # batch quantile of ρ (average ranks for ties): uniform over [t_min, t_max] whatever
+        # the spread of ρ; "rank" = paper direction, "rank_inverse" = released direction
+        # Spearman values of short vectors are discrete and tie often; rounding to 1e-6 keeps
+        # mathematically equal values tied despite float noise
+        flat = torch.round(rho.reshape(-1) * 1e6)
+        n = flat.numel()
+        if n < 2:
+            frac = torch.full_like(rho, 0.5)
+        else:
+            frac = ((ranking.hard_rank(flat.unsqueeze(0), dim=-1)[0] - 1.0) / (n - 1)).reshape(
+                rho.shape).to(rho.dtype)
+        if temperature_map == "rank_inverse":
+            frac = 1.0 - frac
         t = t_min + span * frac
     else:
         hint = suggest(str(temperature_map), _TEMP_MAPS)
@@ -428,6 +451,32 @@ def sample_spearman_loss(
                                  teacher_rank=teacher_rank)
 
 
+def relation_rank_loss(
+    student_probs: Tensor,
+    teacher_probs: Tensor,
+    weights: Tensor,
+    *,
+    method: RankMethod = "soft",
+    strength: float = 1e-1,
+    backend: str = "auto",
+    teacher_rank: Literal["hard", "soft"] = "hard",
+) -> tuple[Tensor, Tensor]:
+    """First-order relation: weighted mean over rows ``r`` of ``1 − ρ(P_S[r], P_T[r])``.
+
+    Rows are samples (inter-class relation, pass ``P``) or classes (intra-class relation, pass
+    ``Pᵀ``); ``weights`` has one entry per row. Rows of length < 2 carry no ranking: loss 0.
+    Returns (loss, mean ρ over rows with non-zero weight).
+    """
+    if student_probs.shape[-1] < 2:
+        zero = student_probs.sum() * 0.0
+        return zero, zero.detach()
+    rho = rank_correlation(student_probs, teacher_probs, method=method, strength=strength,
+                           backend=backend, teacher_rank=teacher_rank)
+    weights = weights.detach()
+    loss = weighted_mean(1.0 - rho, weights)
+    return loss, weighted_mean(rho.detach(), (weights > 0).to(rho.dtype))
+
+
 def instance_kl(
     student_logits: Tensor, teacher_logits: Tensor, temperature: Tensor | float, weights: Tensor
 ) -> Tensor:
@@ -450,10 +499,14 @@ class LUDLoss(DistillationLoss):
         instance_weight: λ_KD of the instance term ``T_b²·KL``; 0 removes it.
         cdl_weight: λ_CDL of the category (C×C Gram) Spearman loss; 0 removes it.
         sdl_weight: λ_SDL of the sample (B×B Gram) Spearman loss; 0 removes it.
+        inter_weight: weight of the first-order inter-class rank term (rows of ``P``); 0 = off.
+        intra_weight: weight of the first-order intra-class rank term (columns of ``P``); 0 = off.
+        relation_mask: also gate the inter/intra rows with the sample/class masks.
         temperature: base T: for confidences, and for every term when the dynamic T is off.
         dynamic_temperature: ``"off" | "sample" | "class" | "full"``.
         t_min, t_max: temperature range, ``0 < t_min <= t_max``.
-        temperature_map: ``"paper" | "paper_normalized" | "released"``.
+        temperature_map: ``"paper" | "paper_normalized" | "released" | "minmax" | "rank" |
+            "rank_inverse"``.
         mask_direction: ``"confident"`` (keep conf > thr) or ``"uncertain"`` (keep conf ≤ thr).
         threshold: ``"batch" | "running" | "fixed"``.
         quantile: batch quantile used as threshold (0.5 = median).
@@ -481,6 +534,9 @@ class LUDLoss(DistillationLoss):
         instance_weight: float = 1.0,
         cdl_weight: float = 1.0,
         sdl_weight: float = 1.0,
+        inter_weight: float = 0.0,
+        intra_weight: float = 0.0,
+        relation_mask: bool = False,
         temperature: float = 4.0,
         dynamic_temperature: TempMode = "sample",
         t_min: float = 2.0,
@@ -511,9 +567,12 @@ class LUDLoss(DistillationLoss):
         self.instance_weight = check_number("instance_weight", instance_weight, low=0.0)
         self.cdl_weight = check_number("cdl_weight", cdl_weight, low=0.0)
         self.sdl_weight = check_number("sdl_weight", sdl_weight, low=0.0)
-        if not (self.ce_weight or self.instance_weight or self.cdl_weight or self.sdl_weight):
-            raise ValueError("ce_weight, instance_weight, cdl_weight and sdl_weight are all 0: "
-                             "nothing to compute")
+        self.inter_weight = check_number("inter_weight", inter_weight, low=0.0)
+        self.intra_weight = check_number("intra_weight", intra_weight, low=0.0)
+        if not (self.ce_weight or self.instance_weight or self.cdl_weight or self.sdl_weight
+                or self.inter_weight or self.intra_weight):
+            raise ValueError("ce_weight, instance_weight, cdl_weight, sdl_weight, inter_weight and "
+                             "intra_weight are all 0: nothing to compute")
         self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
         self.t_min = check_number("t_min", t_min, low=0.0, low_open=True)
         self.t_max = check_number("t_max", t_max, low=0.0, low_open=True)
@@ -543,11 +602,12 @@ class LUDLoss(DistillationLoss):
         self.rank_strength = check_number("rank_strength", rank_strength, low=0.0, low_open=True)
         flags = {"sample_mask": sample_mask, "class_mask": class_mask,
                  "instance_mask": instance_mask, "uncertainty_weighting": uncertainty_weighting,
+                 "relation_mask": relation_mask,
                  "standardize": standardize}
         for name, flag in flags.items():
             check_bool(name, flag)
         self.sample_mask, self.class_mask = sample_mask, class_mask
-        self.instance_mask = instance_mask
+        self.instance_mask, self.relation_mask = instance_mask, relation_mask
         self.uncertainty_weighting, self.standardize = uncertainty_weighting, standardize
         self.requires_targets = self.ce_weight > 0  # instance attribute read by forward()
         self.register_buffer("running_sample_threshold", torch.zeros(()))
@@ -635,7 +695,8 @@ class LUDLoss(DistillationLoss):
         rkw = {"reduction": self.gram_reduction, "method": self.rank_method,
                "strength": self.rank_strength, "backend": self.rank_backend,
                "teacher_rank": self.teacher_rank}
-        if self.cdl_weight > 0 or self.sdl_weight > 0:
+        rkw_rel = {k: v for k, v in rkw.items() if k != "reduction"}
+        if self.cdl_weight > 0 or self.sdl_weight > 0 or self.inter_weight or self.intra_weight:
             # one softmax per side for both Gram matrices (the standalone
             # category_/sample_spearman_loss functions each compute their own)
             ps, pt = _probs(zs, temp), _probs(zt, temp)
@@ -649,6 +710,17 @@ class LUDLoss(DistillationLoss):
             loss, rho = gram_correlation_loss(ps @ ps.t(), pt @ pt.t(), w, **rkw)  # type: ignore[arg-type]
             terms["sdl"] = self.sdl_weight * loss
             stats["rho_sdl"] = rho
+
+        if self.inter_weight > 0:
+            w = u * (smask if self.relation_mask else ones_s)
+            loss, rho = relation_rank_loss(ps, pt, w, **rkw_rel)  # type: ignore[arg-type]
+            terms["inter"] = self.inter_weight * loss
+            stats["rho_inter"] = rho
+        if self.intra_weight > 0:
+            w = v * (cmask if self.relation_mask else ones_c)
+            loss, rho = relation_rank_loss(ps.t(), pt.t(), w, **rkw_rel)  # type: ignore[arg-type]
+            terms["intra"] = self.intra_weight * loss
+            stats["rho_intra"] = rho
 
         stats.update(
             kept_samples=smask.mean(),
