@@ -142,6 +142,7 @@ def ref_lud(
     inter_weight=0.0,
     intra_weight=0.0,
     relation_mask=False,
+    rank_scale="linear",
     temperature=4.0,
     dynamic_temperature="sample",
     t_min=2.0,
@@ -193,18 +194,18 @@ def ref_lud(
         terms["instance"] = instance_weight * ref_instance(
             zs, zt, temp, u * (smask if instance_mask else 1)
         )
+    f = np.log if rank_scale == "log" else (lambda x: x)  # what the rank terms correlate
     if cdl_weight:
         w = v * (cmask if class_mask else 1)
-        terms["cdl"] = cdl_weight * ref_gram_loss(
-            ps.T @ ps, pt.T @ pt, w, gram_reduction, rank_method
-        )
-        rhos["rho_cdl"] = ref_rho_mean(ps.T @ ps, pt.T @ pt, w, gram_reduction, rank_method)
+        gs, gt = f(ps.T @ ps), f(pt.T @ pt)
+        terms["cdl"] = cdl_weight * ref_gram_loss(gs, gt, w, gram_reduction, rank_method)
+        rhos["rho_cdl"] = ref_rho_mean(gs, gt, w, gram_reduction, rank_method)
     if sdl_weight:
         w = u * (smask if sample_mask else 1)
-        terms["sdl"] = sdl_weight * ref_gram_loss(
-            ps @ ps.T, pt @ pt.T, w, gram_reduction, rank_method
-        )
-        rhos["rho_sdl"] = ref_rho_mean(ps @ ps.T, pt @ pt.T, w, gram_reduction, rank_method)
+        gs, gt = f(ps @ ps.T), f(pt @ pt.T)
+        terms["sdl"] = sdl_weight * ref_gram_loss(gs, gt, w, gram_reduction, rank_method)
+        rhos["rho_sdl"] = ref_rho_mean(gs, gt, w, gram_reduction, rank_method)
+    ps, pt = f(ps), f(pt)
     if inter_weight:  # first-order: rows of P (samples), 1 - rho per row, weighted mean
         w = u * (smask if relation_mask else 1)
         terms["inter"] = inter_weight * ref_gram_loss(ps, pt, w, "row", rank_method)
@@ -391,6 +392,9 @@ CONFIGS = [
     {"inter_weight": 1.0, "intra_weight": 2.0, "relation_mask": True, "rank_method": "pearson"},
     {"inter_weight": 1.0, "cdl_weight": 0.0, "sdl_weight": 0.0, "mask_direction": "uncertain",
      "relation_mask": True},
+    {"rank_scale": "log", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "inter_weight": 2.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "gram_reduction": "flat"},
     {
         "rank_method": "pearson",
         "cdl_weight": 2.0,
@@ -592,6 +596,9 @@ def test_gradients_reach_student_only():
     {"inter_weight": 1.0, "intra_weight": 2.0, "relation_mask": True, "rank_method": "pearson"},
     {"inter_weight": 1.0, "cdl_weight": 0.0, "sdl_weight": 0.0, "mask_direction": "uncertain",
      "relation_mask": True},
+    {"rank_scale": "log", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "inter_weight": 2.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "gram_reduction": "flat"},
         {"dynamic_temperature": "full"},
     ):
         zs.grad = None
@@ -616,6 +623,15 @@ def test_degenerate_shapes_finite(shape, threshold):
     out = LUDLoss(threshold=threshold, dynamic_temperature="full")(zs, zt, y)
     out.total.backward()
     assert torch.isfinite(out.total) and torch.isfinite(zs.grad).all()
+    for extra in ({"inter_weight": 1.0, "intra_weight": 1.0},
+                  {"inter_weight": 1.0, "intra_weight": 1.0, "rank_scale": "log",
+                   "temperature_map": "rank"}):
+        zs.grad = None
+        o2 = LUDLoss(threshold=threshold, **extra)(zs, zt * 50, y)  # peaked teacher: log floor
+        o2.total.backward()
+        assert torch.isfinite(o2.total) and torch.isfinite(zs.grad).all()
+        if shape[0] == 1:
+            assert o2.terms["intra"] == 0  # a column of one sample has nothing to rank
     assert all(0.0 <= out.stats[k] <= 1.0 for k in ("kept_samples", "kept_classes"))
     if shape[0] == 1:
         assert out.terms["sdl"] == 0  # a 1x1 Gram matrix has nothing to rank
@@ -639,6 +655,9 @@ def test_constant_logits_finite():
     {"inter_weight": 1.0, "intra_weight": 2.0, "relation_mask": True, "rank_method": "pearson"},
     {"inter_weight": 1.0, "cdl_weight": 0.0, "sdl_weight": 0.0, "mask_direction": "uncertain",
      "relation_mask": True},
+    {"rank_scale": "log", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "inter_weight": 2.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "gram_reduction": "flat"},
         {"standardize": True},
         {"temperature_map": "released"},
     ):
@@ -714,6 +733,10 @@ def test_bad_input_raises():
             "torchsort|t_min",
         ),
         ({"teacher_rank": "none"}, "teacher_rank"),
+        ({"rank_scale": "ln"}, "rank_scale"),
+        ({"inter_weight": -1.0}, "inter_weight"),
+        ({"intra_weight": float("inf")}, "intra_weight"),
+        ({"relation_mask": "yes"}, "relation_mask"),
         (
             {"ce_weight": 0, "instance_weight": 0, "cdl_weight": 0, "sdl_weight": 0},
             "nothing to compute",

@@ -153,6 +153,7 @@ _THRESHOLDS = ("batch", "running", "fixed")
 _RANK_METHODS = ("soft", "pearson")
 _TEACHER_RANKS = ("hard", "soft")
 _REDUCTIONS = ("row", "flat")
+_RANK_SCALES = ("linear", "log")
 _BACKENDS = ranking.BACKENDS
 
 
@@ -400,6 +401,16 @@ def gram_correlation_loss(
     return 1.0 - rho, rho.detach()
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _log_floor(x: Tensor) -> Tensor:
+    """``log x`` with x floored at the smallest normal float (probabilities and Gram entries are
+    ≥ 0; an underflowed entry gets the floor and no gradient instead of −inf)."""
+    return torch.log(x.clamp_min(torch.finfo(x.dtype).tiny))
+
+
 def _probs(logits: Tensor, temperature: Tensor | float) -> Tensor:
     return torch.softmax(logits / temperature, dim=1)
 
@@ -502,6 +513,8 @@ class LUDLoss(DistillationLoss):
         inter_weight: weight of the first-order inter-class rank term (rows of ``P``); 0 = off.
         intra_weight: weight of the first-order intra-class rank term (columns of ``P``); 0 = off.
         relation_mask: also gate the inter/intra rows with the sample/class masks.
+        rank_scale: ``"linear"`` ranks the Gram entries / probabilities themselves, ``"log"``
+            their logarithms (the same hard Spearman ρ, a better-conditioned soft surrogate).
         temperature: base T: for confidences, and for every term when the dynamic T is off.
         dynamic_temperature: ``"off" | "sample" | "class" | "full"``.
         t_min, t_max: temperature range, ``0 < t_min <= t_max``.
@@ -537,6 +550,7 @@ class LUDLoss(DistillationLoss):
         inter_weight: float = 0.0,
         intra_weight: float = 0.0,
         relation_mask: bool = False,
+        rank_scale: Literal["linear", "log"] = "linear",
         temperature: float = 4.0,
         dynamic_temperature: TempMode = "sample",
         t_min: float = 2.0,
@@ -590,6 +604,8 @@ class LUDLoss(DistillationLoss):
             raise ValueError("rank_backend='torchsort' but torchsort is not importable; install it "
                              "(see lud.ranking) or use rank_backend='auto'")
         check_choice("teacher_rank", teacher_rank, _TEACHER_RANKS)
+        check_choice("rank_scale", rank_scale, _RANK_SCALES)
+        self.rank_scale = rank_scale
         self.dynamic_temperature, self.temperature_map = dynamic_temperature, temperature_map
         self.mask_direction, self.threshold, self.mask_type = mask_direction, threshold, mask_type
         self.gram_reduction, self.rank_method = gram_reduction, rank_method
@@ -700,25 +716,30 @@ class LUDLoss(DistillationLoss):
             # one softmax per side for both Gram matrices (the standalone
             # category_/sample_spearman_loss functions each compute their own)
             ps, pt = _probs(zs, temp), _probs(zt, temp)
+        to_scale = _log_floor if self.rank_scale == "log" else _identity
         if self.cdl_weight > 0:
             w = v * (cmask if self.class_mask else ones_c)
-            loss, rho = gram_correlation_loss(ps.t() @ ps, pt.t() @ pt, w, **rkw)  # type: ignore[arg-type]
+            loss, rho = gram_correlation_loss(to_scale(ps.t() @ ps), to_scale(pt.t() @ pt), w,
+                                              **rkw)  # type: ignore[arg-type]
             terms["cdl"] = self.cdl_weight * loss
             stats["rho_cdl"] = rho
         if self.sdl_weight > 0:
             w = u * (smask if self.sample_mask else ones_s)
-            loss, rho = gram_correlation_loss(ps @ ps.t(), pt @ pt.t(), w, **rkw)  # type: ignore[arg-type]
+            loss, rho = gram_correlation_loss(to_scale(ps @ ps.t()), to_scale(pt @ pt.t()), w,
+                                              **rkw)  # type: ignore[arg-type]
             terms["sdl"] = self.sdl_weight * loss
             stats["rho_sdl"] = rho
 
         if self.inter_weight > 0:
             w = u * (smask if self.relation_mask else ones_s)
-            loss, rho = relation_rank_loss(ps, pt, w, **rkw_rel)  # type: ignore[arg-type]
+            loss, rho = relation_rank_loss(to_scale(ps), to_scale(pt), w,
+                                           **rkw_rel)  # type: ignore[arg-type]
             terms["inter"] = self.inter_weight * loss
             stats["rho_inter"] = rho
         if self.intra_weight > 0:
             w = v * (cmask if self.relation_mask else ones_c)
-            loss, rho = relation_rank_loss(ps.t(), pt.t(), w, **rkw_rel)  # type: ignore[arg-type]
+            loss, rho = relation_rank_loss(to_scale(ps.t()), to_scale(pt.t()), w,
+                                           **rkw_rel)  # type: ignore[arg-type]
             terms["intra"] = self.intra_weight * loss
             stats["rho_intra"] = rho
 
