@@ -143,6 +143,7 @@ def ref_lud(
     intra_weight=0.0,
     relation_mask=False,
     rank_scale="linear",
+    rank_grad_scale="none",
     temperature=4.0,
     dynamic_temperature="sample",
     t_min=2.0,
@@ -195,24 +196,34 @@ def ref_lud(
             zs, zt, temp, u * (smask if instance_mask else 1)
         )
     f = np.log if rank_scale == "log" else (lambda x: x)  # what the rank terms correlate
+
+    def rank_loss(xs, xt, w, reduction):
+        if rank_grad_scale == "none":
+            return ref_gram_loss(xs, xt, w, reduction, rank_method)
+        # matched: row r's 1 - rho times min(1, std(student row) / std(teacher row))
+        corr = rho_s if rank_method == "soft" else rho_p
+        k = np.minimum(1.0, xs.std(axis=1) / xt.std(axis=1))
+        d = np.array([1 - corr(xs[r], xt[r]) for r in range(len(w))])
+        return np.sum(w * k * d) / np.sum(w)
+
     if cdl_weight:
         w = v * (cmask if class_mask else 1)
         gs, gt = f(ps.T @ ps), f(pt.T @ pt)
-        terms["cdl"] = cdl_weight * ref_gram_loss(gs, gt, w, gram_reduction, rank_method)
+        terms["cdl"] = cdl_weight * rank_loss(gs, gt, w, gram_reduction)
         rhos["rho_cdl"] = ref_rho_mean(gs, gt, w, gram_reduction, rank_method)
     if sdl_weight:
         w = u * (smask if sample_mask else 1)
         gs, gt = f(ps @ ps.T), f(pt @ pt.T)
-        terms["sdl"] = sdl_weight * ref_gram_loss(gs, gt, w, gram_reduction, rank_method)
+        terms["sdl"] = sdl_weight * rank_loss(gs, gt, w, gram_reduction)
         rhos["rho_sdl"] = ref_rho_mean(gs, gt, w, gram_reduction, rank_method)
     ps, pt = f(ps), f(pt)
     if inter_weight:  # first-order: rows of P (samples), 1 - rho per row, weighted mean
         w = u * (smask if relation_mask else 1)
-        terms["inter"] = inter_weight * ref_gram_loss(ps, pt, w, "row", rank_method)
+        terms["inter"] = inter_weight * rank_loss(ps, pt, w, "row")
         rhos["rho_inter"] = ref_rho_mean(ps, pt, w, "row", rank_method)
     if intra_weight:  # first-order: columns of P (classes over the batch)
         w = v * (cmask if relation_mask else 1)
-        terms["intra"] = intra_weight * ref_gram_loss(ps.T, pt.T, w, "row", rank_method)
+        terms["intra"] = intra_weight * rank_loss(ps.T, pt.T, w, "row")
         rhos["rho_intra"] = ref_rho_mean(ps.T, pt.T, w, "row", rank_method)
     return terms, dict(
         kept_samples=smask.mean(),
@@ -395,6 +406,9 @@ CONFIGS = [
     {"rank_scale": "log", "inter_weight": 1.0, "intra_weight": 1.0},
     {"rank_scale": "log", "rank_method": "pearson", "inter_weight": 2.0, "intra_weight": 1.0},
     {"rank_scale": "log", "rank_method": "pearson", "gram_reduction": "flat"},
+    {"rank_grad_scale": "matched", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_grad_scale": "matched", "rank_scale": "log", "rank_method": "pearson",
+     "inter_weight": 1.0},
     {
         "rank_method": "pearson",
         "cdl_weight": 2.0,
@@ -599,6 +613,9 @@ def test_gradients_reach_student_only():
     {"rank_scale": "log", "inter_weight": 1.0, "intra_weight": 1.0},
     {"rank_scale": "log", "rank_method": "pearson", "inter_weight": 2.0, "intra_weight": 1.0},
     {"rank_scale": "log", "rank_method": "pearson", "gram_reduction": "flat"},
+    {"rank_grad_scale": "matched", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_grad_scale": "matched", "rank_scale": "log", "rank_method": "pearson",
+     "inter_weight": 1.0},
         {"dynamic_temperature": "full"},
     ):
         zs.grad = None
@@ -658,6 +675,9 @@ def test_constant_logits_finite():
     {"rank_scale": "log", "inter_weight": 1.0, "intra_weight": 1.0},
     {"rank_scale": "log", "rank_method": "pearson", "inter_weight": 2.0, "intra_weight": 1.0},
     {"rank_scale": "log", "rank_method": "pearson", "gram_reduction": "flat"},
+    {"rank_grad_scale": "matched", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_grad_scale": "matched", "rank_scale": "log", "rank_method": "pearson",
+     "inter_weight": 1.0},
         {"standardize": True},
         {"temperature_map": "released"},
     ):
@@ -734,6 +754,9 @@ def test_bad_input_raises():
         ),
         ({"teacher_rank": "none"}, "teacher_rank"),
         ({"rank_scale": "ln"}, "rank_scale"),
+        ({"rank_grad_scale": "std"}, "rank_grad_scale"),
+        ({"rank_grad_scale": "matched", "gram_reduction": "flat"}, "gram_reduction"),
+        ({"rank_warmup": -1.0}, "rank_warmup"),
         ({"inter_weight": -1.0}, "inter_weight"),
         ({"intra_weight": float("inf")}, "intra_weight"),
         ({"relation_mask": "yes"}, "relation_mask"),
@@ -770,3 +793,35 @@ def test_registry_and_stats():
     assert 2.0 <= s["temperature_min"] <= s["temperature_mean"] <= s["temperature_max"] <= 6.0
     assert -1 <= s["rho_cdl"] <= 1 and -1 <= s["rho_sdl"] <= 1
     assert 1 / 10 <= s["confidence_mean"] <= 1
+
+
+def test_rank_warmup_ramps_rank_terms_only():
+    zs, zt, y = logits(b=12, c=7, seed=21)
+    kw = {"inter_weight": 1.0, "intra_weight": 1.0}
+    full, _ = run(LUDLoss(**kw), zs, zt, y)
+    loss = LUDLoss(rank_warmup=4.0, **kw)
+    for epoch, frac in ((0.0, 0.0), (1.0, 0.25), (3.0, 0.75), (4.0, 1.0), (9.0, 1.0)):
+        got = {k: float(v) for k, v in loss(zs, zt, y, epoch=epoch).terms.items()}
+        for k in ("ce", "instance"):
+            assert got[k] == pytest.approx(full[k], rel=1e-6)
+        for k in ("cdl", "sdl", "inter", "intra"):
+            assert got[k] == pytest.approx(frac * full[k], rel=1e-6, abs=1e-9), (k, epoch)
+
+
+def test_matched_scale_bounds_the_gradient_of_a_flat_student():
+    # a nearly flat student (tiny logits, as at initialisation): without the matched scale the
+    # correlation gradient grows like 1/scale; with it the gradient stays bounded
+    g = torch.Generator().manual_seed(22)
+    zt = torch.randn(32, 20, generator=g) * 3
+    base = torch.randn(32, 20, generator=g)
+    y = torch.randint(0, 20, (32,), generator=g)
+    kw = {"ce_weight": 0.0, "instance_weight": 0.0, "inter_weight": 1.0, "intra_weight": 1.0,
+          "dynamic_temperature": "off", "rank_method": "pearson"}
+    norms = {}
+    for mode in ("none", "matched"):
+        for scale in (1.0, 1e-3):
+            zs = (base * scale).requires_grad_()
+            LUDLoss(rank_grad_scale=mode, **kw)(zs, zt, y).total.backward()
+            norms[mode, scale] = float(zs.grad.norm())
+    assert norms["none", 1e-3] > 100 * norms["none", 1.0]  # the explosion
+    assert norms["matched", 1e-3] < 2 * norms["matched", 1.0]  # bounded

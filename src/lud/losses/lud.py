@@ -129,6 +129,7 @@ __all__ = [
     "dynamic_temperature",
     "gram_correlation_loss",
     "instance_kl",
+    "matched_scale",
     "map_temperature",
     "rank_correlation",
     "relation_rank_loss",
@@ -354,6 +355,7 @@ def gram_correlation_loss(
     strength: float = 1e-1,
     backend: str = "auto",
     teacher_rank: Literal["hard", "soft"] = "hard",
+    row_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``1 − ρ`` between two square Gram matrices under row weights; returns (loss, mean ρ).
 
@@ -371,7 +373,8 @@ def gram_correlation_loss(
     if reduction == "row":
         rho = rank_correlation(gram_student, gram_teacher, method=method, strength=strength,
                                backend=backend, teacher_rank=teacher_rank)
-        loss = weighted_mean(1.0 - rho, weights)
+        disc = 1.0 - rho if row_scale is None else row_scale.detach() * (1.0 - rho)
+        loss = weighted_mean(disc, weights)
         rho_mean = weighted_mean(rho.detach(), (weights > 0).to(rho.dtype))
         return loss, rho_mean
     if reduction != "flat":
@@ -399,6 +402,22 @@ def gram_correlation_loss(
             b = ranking.soft_rank(sub_t, dim=-1, strength=strength, backend=backend)[0]
     rho = _weighted_pearson(a, b.detach(), elem_w)
     return 1.0 - rho, rho.detach()
+
+
+def matched_scale(student: Tensor, teacher: Tensor) -> Tensor:
+    """Per-row ``min(1, std(student row) / std(teacher row))``, detached (0 for a flat student
+    row, 1 for a flat teacher row).
+
+    A correlation is scale-free, so its gradient grows like ``1 / std(student row)``: at
+    initialisation, when a student's logits (hence its probabilities and Gram rows) are nearly
+    flat, a correlation term's gradient explodes. Multiplying ``1 − ρ`` by this factor bounds the
+    gradient by the teacher's scale instead; once the student's rows are as spread as the
+    teacher's the factor is 1 and the term is unchanged.
+    """
+    s_std = student.detach().std(dim=-1, unbiased=False)
+    t_std = teacher.detach().std(dim=-1, unbiased=False)
+    ratio = s_std / t_std.clamp_min(torch.finfo(t_std.dtype).tiny)
+    return torch.where(t_std > 0, ratio.clamp(max=1.0), torch.ones_like(ratio))
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -471,6 +490,7 @@ def relation_rank_loss(
     strength: float = 1e-1,
     backend: str = "auto",
     teacher_rank: Literal["hard", "soft"] = "hard",
+    row_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """First-order relation: weighted mean over rows ``r`` of ``1 − ρ(P_S[r], P_T[r])``.
 
@@ -484,7 +504,8 @@ def relation_rank_loss(
     rho = rank_correlation(student_probs, teacher_probs, method=method, strength=strength,
                            backend=backend, teacher_rank=teacher_rank)
     weights = weights.detach()
-    loss = weighted_mean(1.0 - rho, weights)
+    disc = 1.0 - rho if row_scale is None else row_scale.detach() * (1.0 - rho)
+    loss = weighted_mean(disc, weights)
     return loss, weighted_mean(rho.detach(), (weights > 0).to(rho.dtype))
 
 
@@ -515,6 +536,9 @@ class LUDLoss(DistillationLoss):
         relation_mask: also gate the inter/intra rows with the sample/class masks.
         rank_scale: ``"linear"`` ranks the Gram entries / probabilities themselves, ``"log"``
             their logarithms (the same hard Spearman ρ, a better-conditioned soft surrogate).
+        rank_grad_scale: ``"matched"`` multiplies each row's ``1 − ρ`` by
+            :func:`matched_scale` (bounded gradient while the student is flat); ``"none"``.
+        rank_warmup: epochs of linear warm-up of the rank terms (CDL, SDL, inter, intra); 0 = off.
         temperature: base T: for confidences, and for every term when the dynamic T is off.
         dynamic_temperature: ``"off" | "sample" | "class" | "full"``.
         t_min, t_max: temperature range, ``0 < t_min <= t_max``.
@@ -551,6 +575,8 @@ class LUDLoss(DistillationLoss):
         intra_weight: float = 0.0,
         relation_mask: bool = False,
         rank_scale: Literal["linear", "log"] = "linear",
+        rank_grad_scale: Literal["none", "matched"] = "none",
+        rank_warmup: float = 0.0,
         temperature: float = 4.0,
         dynamic_temperature: TempMode = "sample",
         t_min: float = 2.0,
@@ -605,7 +631,11 @@ class LUDLoss(DistillationLoss):
                              "(see lud.ranking) or use rank_backend='auto'")
         check_choice("teacher_rank", teacher_rank, _TEACHER_RANKS)
         check_choice("rank_scale", rank_scale, _RANK_SCALES)
-        self.rank_scale = rank_scale
+        check_choice("rank_grad_scale", rank_grad_scale, ("none", "matched"))
+        if rank_grad_scale == "matched" and gram_reduction != "row":
+            raise ValueError("rank_grad_scale='matched' scales rows: it needs gram_reduction='row'")
+        self.rank_scale, self.rank_grad_scale = rank_scale, rank_grad_scale
+        self.rank_warmup = check_number("rank_warmup", rank_warmup, low=0.0)
         self.dynamic_temperature, self.temperature_map = dynamic_temperature, temperature_map
         self.mask_direction, self.threshold, self.mask_type = mask_direction, threshold, mask_type
         self.gram_reduction, self.rank_method = gram_reduction, rank_method
@@ -717,30 +747,35 @@ class LUDLoss(DistillationLoss):
             # category_/sample_spearman_loss functions each compute their own)
             ps, pt = _probs(zs, temp), _probs(zt, temp)
         to_scale = _log_floor if self.rank_scale == "log" else _identity
+        # DKD-style linear warm-up of every rank term (epoch is fractional in the trainer)
+        ramp = min(epoch / self.rank_warmup, 1.0) if self.rank_warmup > 0 else 1.0
+        matched = self.rank_grad_scale == "matched"
+
+        def rank_term(fn, xs: Tensor, xt: Tensor, w: Tensor, kw: dict) -> tuple[Tensor, Tensor]:
+            xs, xt = to_scale(xs), to_scale(xt)
+            scale = matched_scale(xs, xt) if matched else None
+            return fn(xs, xt, w, row_scale=scale, **kw)
+
         if self.cdl_weight > 0:
             w = v * (cmask if self.class_mask else ones_c)
-            loss, rho = gram_correlation_loss(to_scale(ps.t() @ ps), to_scale(pt.t() @ pt), w,
-                                              **rkw)  # type: ignore[arg-type]
-            terms["cdl"] = self.cdl_weight * loss
+            loss, rho = rank_term(gram_correlation_loss, ps.t() @ ps, pt.t() @ pt, w, rkw)
+            terms["cdl"] = ramp * self.cdl_weight * loss
             stats["rho_cdl"] = rho
         if self.sdl_weight > 0:
             w = u * (smask if self.sample_mask else ones_s)
-            loss, rho = gram_correlation_loss(to_scale(ps @ ps.t()), to_scale(pt @ pt.t()), w,
-                                              **rkw)  # type: ignore[arg-type]
-            terms["sdl"] = self.sdl_weight * loss
+            loss, rho = rank_term(gram_correlation_loss, ps @ ps.t(), pt @ pt.t(), w, rkw)
+            terms["sdl"] = ramp * self.sdl_weight * loss
             stats["rho_sdl"] = rho
 
         if self.inter_weight > 0:
             w = u * (smask if self.relation_mask else ones_s)
-            loss, rho = relation_rank_loss(to_scale(ps), to_scale(pt), w,
-                                           **rkw_rel)  # type: ignore[arg-type]
-            terms["inter"] = self.inter_weight * loss
+            loss, rho = rank_term(relation_rank_loss, ps, pt, w, rkw_rel)
+            terms["inter"] = ramp * self.inter_weight * loss
             stats["rho_inter"] = rho
         if self.intra_weight > 0:
             w = v * (cmask if self.relation_mask else ones_c)
-            loss, rho = relation_rank_loss(to_scale(ps.t()), to_scale(pt.t()), w,
-                                           **rkw_rel)  # type: ignore[arg-type]
-            terms["intra"] = self.intra_weight * loss
+            loss, rho = rank_term(relation_rank_loss, ps.t(), pt.t(), w, rkw_rel)
+            terms["intra"] = ramp * self.intra_weight * loss
             stats["rho_intra"] = rho
 
         stats.update(
