@@ -825,3 +825,48 @@ def test_matched_scale_bounds_the_gradient_of_a_flat_student():
             norms[mode, scale] = float(zs.grad.norm())
     assert norms["none", 1e-3] > 100 * norms["none", 1.0]  # the explosion
     assert norms["matched", 1e-3] < 2 * norms["matched", 1.0]  # bounded
+
+
+# today's (pre-preset) defaults, written out: preset="paper" must reproduce them exactly
+PAPER_VALUES = {
+    "ce_weight": 1.0, "instance_weight": 1.0, "cdl_weight": 1.0, "sdl_weight": 1.0,
+    "inter_weight": 0.0, "intra_weight": 0.0, "relation_mask": False, "rank_scale": "linear",
+    "relation_class_scale": False,
+    "rank_grad_scale": "none", "rank_warmup": 0.0, "temperature": 4.0,
+    "dynamic_temperature": "sample", "t_min": 2.0, "t_max": 6.0,
+    "temperature_map": "paper_normalized", "mask_direction": "confident", "threshold": "batch",
+    "quantile": 0.5, "mask_type": "hard", "sample_mask": True, "class_mask": True,
+    "instance_mask": False, "uncertainty_weighting": True, "gram_reduction": "row",
+    "rank_method": "soft", "rank_strength": 0.1, "teacher_rank": "hard", "standardize": False,
+}
+
+
+def test_paper_preset_reproduces_the_original_defaults():
+    paper = LUDLoss(preset="paper")
+    for k, v in PAPER_VALUES.items():
+        assert getattr(paper, k) == v, k
+    zs, zt, y = logits(b=16, c=10, seed=30)
+    got, _ = run(LUDLoss(preset="paper", rank_backend="pairwise"), zs, zt, y)
+    want, _ = run(LUDLoss(rank_backend="pairwise", **PAPER_VALUES), zs, zt, y)
+    assert got == want  # bit-identical
+    ref, _ = ref_lud(zs.numpy(), zt.numpy(), y.numpy())  # ref_lud's defaults are the paper's
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], abs=2e-2), k
+
+
+def test_preset_values_yield_to_explicit_arguments():
+    loss = LUDLoss(preset="paper", inter_weight=2.0, rank_warmup=1.0)
+    assert loss.inter_weight == 2.0 and loss.rank_warmup == 1.0 and loss.cdl_weight == 1.0
+    with pytest.raises(ValueError, match="preset"):
+        LUDLoss(preset="cifar")
+
+
+@pytest.mark.parametrize("c", [3, 10, 40])
+def test_relation_class_scale_multiplies_relation_terms_by_c_over_10(c):
+    zs, zt, y = logits(b=12, c=c, seed=31)
+    kw = {"inter_weight": 1.5, "intra_weight": 0.5, "rank_warmup": 0.0}
+    plain, _ = run(LUDLoss(relation_class_scale=False, **kw), zs, zt, y)
+    scaled, _ = run(LUDLoss(relation_class_scale=True, **kw), zs, zt, y)
+    for k in plain:
+        factor = c / 10 if k in ("inter", "intra") else 1.0
+        assert scaled[k] == pytest.approx(factor * plain[k], rel=1e-6), k

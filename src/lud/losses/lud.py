@@ -120,6 +120,7 @@ from .registry import register_loss, suggest
 from .standardize import standardize_logits
 
 __all__ = [
+    "PRESETS",
     "LUDLoss",
     "batch_quantile",
     "category_spearman_loss",
@@ -156,6 +157,19 @@ _TEACHER_RANKS = ("hard", "soft")
 _REDUCTIONS = ("row", "flat")
 _RANK_SCALES = ("linear", "log")
 _BACKENDS = ranking.BACKENDS
+
+
+#: Values of the preset-dependent parameters (every other parameter has one default).
+#: ``"paper"`` is LUD as first implemented here (the paper's four parts plus the instance KL term,
+#: all weights 1); ``"default"`` is what ``build_loss("lud")`` gives. Explicit arguments win.
+PRESETS: dict[str, dict[str, float | str]] = {
+    "paper": {"ce_weight": 1.0, "instance_weight": 1.0, "cdl_weight": 1.0, "sdl_weight": 1.0,
+              "inter_weight": 0.0, "intra_weight": 0.0, "rank_grad_scale": "none",
+              "rank_warmup": 0.0, "relation_class_scale": False},
+    "default": {"ce_weight": 1.0, "instance_weight": 1.0, "cdl_weight": 1.0, "sdl_weight": 1.0,
+                "inter_weight": 0.0, "intra_weight": 0.0, "rank_grad_scale": "none",
+                "rank_warmup": 0.0, "relation_class_scale": False},
+}
 
 
 # --------------------------------------------------------------------------- confidences
@@ -527,6 +541,8 @@ class LUDLoss(DistillationLoss):
     """Logits Uncertainty Distillation; see the module docstring for every option's rationale.
 
     Args:
+        preset: ``"default"`` or ``"paper"``: the values of the parameters left at ``None``
+            (see :data:`PRESETS`); ``preset="paper"`` reproduces the paper-faithful LUD.
         ce_weight: weight of cross-entropy on the (raw) student logits; 0 removes it.
         instance_weight: λ_KD of the instance term ``T_b²·KL``; 0 removes it.
         cdl_weight: λ_CDL of the category (C×C Gram) Spearman loss; 0 removes it.
@@ -534,6 +550,8 @@ class LUDLoss(DistillationLoss):
         inter_weight: weight of the first-order inter-class rank term (rows of ``P``); 0 = off.
         intra_weight: weight of the first-order intra-class rank term (columns of ``P``); 0 = off.
         relation_mask: also gate the inter/intra rows with the sample/class masks.
+        relation_class_scale: multiply the inter/intra weights by ``C / 10`` (their gradient
+            shrinks like ``1/C``), so one weight suits 10 and 100 classes.
         rank_scale: ``"linear"`` ranks the Gram entries / probabilities themselves, ``"log"``
             their logarithms (the same hard Spearman ρ, a better-conditioned soft surrogate).
         rank_grad_scale: ``"matched"`` multiplies each row's ``1 − ρ`` by
@@ -567,16 +585,18 @@ class LUDLoss(DistillationLoss):
     def __init__(
         self,
         *,
-        ce_weight: float = 1.0,
-        instance_weight: float = 1.0,
-        cdl_weight: float = 1.0,
-        sdl_weight: float = 1.0,
-        inter_weight: float = 0.0,
-        intra_weight: float = 0.0,
+        preset: Literal["default", "paper"] = "default",
+        ce_weight: float | None = None,
+        instance_weight: float | None = None,
+        cdl_weight: float | None = None,
+        sdl_weight: float | None = None,
+        inter_weight: float | None = None,
+        intra_weight: float | None = None,
         relation_mask: bool = False,
+        relation_class_scale: bool | None = None,
         rank_scale: Literal["linear", "log"] = "linear",
-        rank_grad_scale: Literal["none", "matched"] = "none",
-        rank_warmup: float = 0.0,
+        rank_grad_scale: Literal["none", "matched"] | None = None,
+        rank_warmup: float | None = None,
         temperature: float = 4.0,
         dynamic_temperature: TempMode = "sample",
         t_min: float = 2.0,
@@ -603,6 +623,20 @@ class LUDLoss(DistillationLoss):
         gather: bool = False,
     ) -> None:
         super().__init__(validate=validate, gather=gather)
+        check_choice("preset", preset, tuple(PRESETS))
+        self.preset = preset
+        given = {"ce_weight": ce_weight, "instance_weight": instance_weight,
+                 "cdl_weight": cdl_weight, "sdl_weight": sdl_weight,
+                 "inter_weight": inter_weight, "intra_weight": intra_weight,
+                 "rank_grad_scale": rank_grad_scale, "rank_warmup": rank_warmup,
+                 "relation_class_scale": relation_class_scale}
+        chosen = {k: (PRESETS[preset][k] if v is None else v) for k, v in given.items()}
+        ce_weight, instance_weight = chosen["ce_weight"], chosen["instance_weight"]
+        cdl_weight, sdl_weight = chosen["cdl_weight"], chosen["sdl_weight"]
+        inter_weight, intra_weight = chosen["inter_weight"], chosen["intra_weight"]
+        rank_grad_scale, rank_warmup = chosen["rank_grad_scale"], chosen["rank_warmup"]
+        self.relation_class_scale = check_bool("relation_class_scale",
+                                               chosen["relation_class_scale"])
         self.ce_weight = check_number("ce_weight", ce_weight, low=0.0)
         self.instance_weight = check_number("instance_weight", instance_weight, low=0.0)
         self.cdl_weight = check_number("cdl_weight", cdl_weight, low=0.0)
@@ -767,15 +801,17 @@ class LUDLoss(DistillationLoss):
             terms["sdl"] = ramp * self.sdl_weight * loss
             stats["rho_sdl"] = rho
 
+        # relation gradients shrink like 1/C (probabilities ~1/C): C/10 keeps them comparable
+        rel = ramp * (zs.shape[1] / 10.0 if self.relation_class_scale else 1.0)
         if self.inter_weight > 0:
             w = u * (smask if self.relation_mask else ones_s)
             loss, rho = rank_term(relation_rank_loss, ps, pt, w, rkw_rel)
-            terms["inter"] = ramp * self.inter_weight * loss
+            terms["inter"] = rel * self.inter_weight * loss
             stats["rho_inter"] = rho
         if self.intra_weight > 0:
             w = v * (cmask if self.relation_mask else ones_c)
             loss, rho = rank_term(relation_rank_loss, ps.t(), pt.t(), w, rkw_rel)
-            terms["intra"] = ramp * self.intra_weight * loss
+            terms["intra"] = rel * self.intra_weight * loss
             stats["rho_intra"] = rho
 
         stats.update(
