@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -24,6 +25,8 @@ from lud.losses.lud import (
 )
 
 torch.set_num_threads(1)
+# The reference below implements the paper preset's defaults; the default preset is tested last.
+PaperLUD = functools.partial(LUDLoss, preset="paper")
 HAS_TORCHSORT = "torchsort" in ranking.available_backends()
 SMALL = 1e-4  # rank strength at which soft ranks equal hard ranks on these inputs (z-scored rows)
 
@@ -424,7 +427,7 @@ CONFIGS = [
 )
 def test_module_matches_reference(cfg):
     zs, zt, y = logits(b=12, c=7, seed=5)
-    terms, out = run(LUDLoss(rank_strength=SMALL, **cfg), zs, zt, y)
+    terms, out = run(PaperLUD(rank_strength=SMALL, **cfg), zs, zt, y)
     ref, rstats = ref_lud(zs.numpy(), zt.numpy(), y.numpy(), **cfg)
     assert set(terms) == set(ref)
     for k in ref:
@@ -446,7 +449,7 @@ def test_module_matches_reference(cfg):
 
 def test_default_strength_close_to_scipy():
     zs, zt, y = logits(b=16, c=10, seed=15)
-    terms, _ = run(LUDLoss(), zs, zt, y)
+    terms, _ = run(PaperLUD(), zs, zt, y)
     ref, _ = ref_lud(zs.numpy(), zt.numpy(), y.numpy())
     for k in ref:
         assert terms[k] == pytest.approx(ref[k], abs=2e-2), k
@@ -464,7 +467,7 @@ def test_hard_mask_keeps_exactly_the_rule_rows():
         "cdl": (ps.T @ ps, pt.T @ pt, np.argsort(p0.mean(0))),
     }
     for direction in ("confident", "uncertain"):
-        loss = LUDLoss(
+        loss = PaperLUD(
             mask_direction=direction,
             ce_weight=0,
             instance_weight=0,
@@ -485,7 +488,7 @@ def test_hard_mask_keeps_exactly_the_rule_rows():
     "mask", [{}, {"mask_type": "soft", "mask_direction": "uncertain", "mask_softness": 0.2}]
 )
 def test_running_threshold_ema_train_only_and_state_dict(mask):
-    loss = LUDLoss(threshold="running", threshold_momentum=0.9, rank_strength=SMALL, **mask)
+    loss = PaperLUD(threshold="running", threshold_momentum=0.9, rank_strength=SMALL, **mask)
     batches = [logits(b=10, c=6, seed=s) for s in (10, 11, 12)]
     qs = [np.quantile(np_softmax(zt.double().numpy() / 4).max(1), 0.5) for _, zt, _ in batches]
     qc = [np.quantile(np_softmax(zt.double().numpy() / 4).mean(0), 0.5) for _, zt, _ in batches]
@@ -513,7 +516,7 @@ def test_running_threshold_ema_train_only_and_state_dict(mask):
     for k in ("kept_samples", "kept_classes"):
         assert out.stats[k] == pytest.approx(rstats[k], abs=1e-5)
     # round trip
-    other = LUDLoss(threshold="running", rank_strength=SMALL, **mask)
+    other = PaperLUD(threshold="running", rank_strength=SMALL, **mask)
     other.load_state_dict(loss.state_dict())
     other.eval()
     assert float(other(*batches[2]).total) == pytest.approx(float(out.total), rel=1e-6)
@@ -528,7 +531,7 @@ def test_running_threshold_ema_train_only_and_state_dict(mask):
 @pytest.mark.parametrize("teacher_rank", ["soft", "hard"])
 def test_student_equals_teacher_is_minimum(teacher_rank):
     _, zt, y = logits(b=16, c=10, seed=7)
-    loss = LUDLoss(ce_weight=0, instance_weight=0, teacher_rank=teacher_rank)
+    loss = PaperLUD(ce_weight=0, instance_weight=0, teacher_rank=teacher_rank)
     zs = zt.clone().requires_grad_()
     out = loss(zs, zt, y)
     out.total.backward()
@@ -543,13 +546,13 @@ def test_student_equals_teacher_is_minimum(teacher_rank):
         assert 0 <= cdl < 0.03 and 0 <= sdl < 0.03
         assert zs.grad.norm() < 0.2 * zr.grad.norm()
     assert float(far.terms["cdl"].detach()) > 0.3 and float(far.terms["sdl"].detach()) > 0.3
-    o = LUDLoss(ce_weight=0, instance_weight=0, rank_method="pearson")(zt, zt)
+    o = PaperLUD(ce_weight=0, instance_weight=0, rank_method="pearson")(zt, zt)
     assert float(o.total) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_switches_remove_terms():
     zs, zt, y = logits(seed=8)
-    full, out = run(LUDLoss(), zs, zt, y)
+    full, out = run(PaperLUD(), zs, zt, y)
     assert set(full) == {"ce", "instance", "cdl", "sdl"}
     assert float(out.total) == pytest.approx(sum(full.values()), rel=1e-6)
     for name, kw in (
@@ -558,7 +561,7 @@ def test_switches_remove_terms():
         ("cdl", "cdl_weight"),
         ("sdl", "sdl_weight"),
     ):
-        terms, o = run(LUDLoss(**{kw: 0.0}), zs, zt, y)
+        terms, o = run(PaperLUD(**{kw: 0.0}), zs, zt, y)
         assert name not in terms and set(terms) == set(full) - {name}
         assert float(o.total) == pytest.approx(float(out.total) - full[name], rel=1e-5)
     # other switches change the value of their term, not the set of terms
@@ -570,7 +573,7 @@ def test_switches_remove_terms():
         ({"dynamic_temperature": "off"}, "sdl"),
         ({"standardize": True}, "cdl"),
     ):
-        terms, _ = run(LUDLoss(**kw), zs, zt, y)
+        terms, _ = run(PaperLUD(**kw), zs, zt, y)
         assert set(terms) == set(full) and terms[affected] != pytest.approx(
             full[affected], rel=1e-4
         ), kw
@@ -578,14 +581,14 @@ def test_switches_remove_terms():
 
 def test_ce_only_equals_cross_entropy():
     zs, zt, y = logits(seed=9)
-    out = LUDLoss(instance_weight=0, cdl_weight=0, sdl_weight=0)(zs, zt, y)
+    out = PaperLUD(instance_weight=0, cdl_weight=0, sdl_weight=0)(zs, zt, y)
     assert set(out.terms) == {"ce"}
     assert float(out.total) == pytest.approx(float(F.cross_entropy(zs, y)), rel=1e-6)
 
 
 def test_standardize_matches_reference_on_zscored_logits():
     zs, zt, y = logits(b=10, c=6, seed=13)
-    terms, _ = run(LUDLoss(standardize=True, rank_strength=SMALL), zs, zt, y)
+    terms, _ = run(PaperLUD(standardize=True, rank_strength=SMALL), zs, zt, y)
     def z(x):
         return (x - x.mean(1, keepdims=True)) / x.std(1, ddof=1, keepdims=True)
 
@@ -619,7 +622,7 @@ def test_gradients_reach_student_only():
         {"dynamic_temperature": "full"},
     ):
         zs.grad = None
-        out = LUDLoss(**cfg)(zs, zt, y)
+        out = PaperLUD(**cfg)(zs, zt, y)
         assert out.total.dtype == torch.float32
         for k, v in out.terms.items():  # each term on its own reaches the student
             (g,) = torch.autograd.grad(v, zs, retain_graph=True)
@@ -637,14 +640,14 @@ def test_degenerate_shapes_finite(shape, threshold):
     zs = torch.randn(*shape, generator=g).requires_grad_()
     zt = torch.randn(*shape, generator=g)
     y = torch.randint(0, shape[1], (shape[0],), generator=g)
-    out = LUDLoss(threshold=threshold, dynamic_temperature="full")(zs, zt, y)
+    out = PaperLUD(threshold=threshold, dynamic_temperature="full")(zs, zt, y)
     out.total.backward()
     assert torch.isfinite(out.total) and torch.isfinite(zs.grad).all()
     for extra in ({"inter_weight": 1.0, "intra_weight": 1.0},
                   {"inter_weight": 1.0, "intra_weight": 1.0, "rank_scale": "log",
                    "temperature_map": "rank"}):
         zs.grad = None
-        o2 = LUDLoss(threshold=threshold, **extra)(zs, zt * 50, y)  # peaked teacher: log floor
+        o2 = PaperLUD(threshold=threshold, **extra)(zs, zt * 50, y)  # peaked teacher: log floor
         o2.total.backward()
         assert torch.isfinite(o2.total) and torch.isfinite(zs.grad).all()
         if shape[0] == 1:
@@ -682,7 +685,7 @@ def test_constant_logits_finite():
         {"temperature_map": "released"},
     ):
         zs.grad = None
-        out = LUDLoss(**cfg)(zs, zt, y)
+        out = PaperLUD(**cfg)(zs, zt, y)
         out.total.backward()
         assert torch.isfinite(out.total) and torch.isfinite(zs.grad).all(), cfg
         assert all(math.isfinite(v) for v in out.stats.values())
@@ -692,7 +695,7 @@ def test_constant_logits_finite():
 def test_low_precision_inputs_give_fp32(dtype):
     zs, zt, y = logits(b=8, c=10, seed=12)
     zs = zs.to(dtype).requires_grad_()
-    out = LUDLoss()(zs, zt.to(dtype), y)
+    out = PaperLUD()(zs, zt.to(dtype), y)
     assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
     out.total.backward()
     assert zs.grad.dtype == dtype and torch.isfinite(zs.grad.float()).all()
@@ -703,7 +706,7 @@ def test_autocast_bf16():
     lin = torch.nn.Linear(10, 10)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         s = lin(zs)
-        out = LUDLoss()(s, zt, y)
+        out = PaperLUD()(s, zt, y)
     assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
     out.total.backward()
     assert torch.isfinite(lin.weight.grad).all()
@@ -712,7 +715,7 @@ def test_autocast_bf16():
 # ----------------------------------------------------------------- validation and stats
 def test_bad_input_raises():
     zs, zt, y = logits(b=4, c=5)
-    loss = LUDLoss()
+    loss = PaperLUD()
     with pytest.raises(ValueError, match="class-count"):
         loss(zs, zt[:, :4], y)
     with pytest.raises(ValueError, match="batch-size"):
@@ -723,7 +726,7 @@ def test_bad_input_raises():
         loss(zs, None, y)
     with pytest.raises(ValueError, match="needs targets"):
         loss(zs, zt, None)
-    assert torch.isfinite(LUDLoss(ce_weight=0)(zs, zt).total)  # no CE: targets optional
+    assert torch.isfinite(PaperLUD(ce_weight=0)(zs, zt).total)  # no CE: targets optional
 
 
 @pytest.mark.parametrize(
@@ -768,7 +771,7 @@ def test_bad_input_raises():
 )
 def test_invalid_params(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        LUDLoss(**kw)
+        PaperLUD(**kw)
 
 
 def test_registry_and_stats():
@@ -798,8 +801,8 @@ def test_registry_and_stats():
 def test_rank_warmup_ramps_rank_terms_only():
     zs, zt, y = logits(b=12, c=7, seed=21)
     kw = {"inter_weight": 1.0, "intra_weight": 1.0}
-    full, _ = run(LUDLoss(**kw), zs, zt, y)
-    loss = LUDLoss(rank_warmup=4.0, **kw)
+    full, _ = run(PaperLUD(**kw), zs, zt, y)
+    loss = PaperLUD(rank_warmup=4.0, **kw)
     for epoch, frac in ((0.0, 0.0), (1.0, 0.25), (3.0, 0.75), (4.0, 1.0), (9.0, 1.0)):
         got = {k: float(v) for k, v in loss(zs, zt, y, epoch=epoch).terms.items()}
         for k in ("ce", "instance"):
@@ -821,7 +824,7 @@ def test_matched_scale_bounds_the_gradient_of_a_flat_student():
     for mode in ("none", "matched"):
         for scale in (1.0, 1e-3):
             zs = (base * scale).requires_grad_()
-            LUDLoss(rank_grad_scale=mode, **kw)(zs, zt, y).total.backward()
+            PaperLUD(rank_grad_scale=mode, **kw)(zs, zt, y).total.backward()
             norms[mode, scale] = float(zs.grad.norm())
     assert norms["none", 1e-3] > 100 * norms["none", 1.0]  # the explosion
     assert norms["matched", 1e-3] < 2 * norms["matched", 1.0]  # bounded
@@ -865,8 +868,28 @@ def test_preset_values_yield_to_explicit_arguments():
 def test_relation_class_scale_multiplies_relation_terms_by_c_over_10(c):
     zs, zt, y = logits(b=12, c=c, seed=31)
     kw = {"inter_weight": 1.5, "intra_weight": 0.5, "rank_warmup": 0.0}
-    plain, _ = run(LUDLoss(relation_class_scale=False, **kw), zs, zt, y)
-    scaled, _ = run(LUDLoss(relation_class_scale=True, **kw), zs, zt, y)
+    plain, _ = run(PaperLUD(relation_class_scale=False, **kw), zs, zt, y)
+    scaled, _ = run(PaperLUD(relation_class_scale=True, **kw), zs, zt, y)
     for k in plain:
         factor = c / 10 if k in ("inter", "intra") else 1.0
         assert scaled[k] == pytest.approx(factor * plain[k], rel=1e-6), k
+
+
+def test_default_preset_values_and_reference():
+    loss = build_loss("lud")
+    assert loss.preset == "default"
+    assert (loss.inter_weight, loss.intra_weight, loss.rank_warmup) == (3.2, 3.2, 2.0)
+    assert loss.relation_class_scale and loss.rank_grad_scale == "none"
+    for k in ("ce_weight", "instance_weight", "cdl_weight", "sdl_weight", "temperature",
+              "dynamic_temperature", "temperature_map", "rank_strength"):
+        assert getattr(loss, k) == PAPER_VALUES[k], k
+    zs, zt, y = logits(b=12, c=7, seed=32)
+    got = {k: float(v) for k, v in LUDLoss(rank_strength=SMALL)(zs, zt, y, epoch=3.0).terms.items()}
+    ref, _ = ref_lud(zs.numpy(), zt.numpy(), y.numpy(), inter_weight=3.2 * 7 / 10,
+                     intra_weight=3.2 * 7 / 10)
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], abs=1e-3), k
+    early = {k: float(v) for k, v in LUDLoss(rank_strength=SMALL)(zs, zt, y, epoch=0.5).terms.items()}
+    for k in ("cdl", "sdl", "inter", "intra"):  # a quarter of the way through the warm-up
+        assert early[k] == pytest.approx(0.25 * got[k], rel=1e-6), k

@@ -89,6 +89,39 @@ Open points — paper says / released code (``llieeai/lud``) does / we do:
   gradients; correlations of z-scored rank rows do not shrink with T (CDL gradient 0.026 → 0.053
   for T = 1 → 8), and ``2τ² = 32`` would put each Spearman term at 20–80× KD (DIST's own terms
   sit at 11–31× KD on these logits). Larger CDL/SDL weights are the first thing to tune.
+* *Presets.* ``preset="paper"`` is LUD as first implemented here (weights all 1, no first-order
+  terms, no warm-up): the golden value pins it. ``preset="default"`` (what ``build_loss("lud")``
+  gives) adds the first-order terms below at ``inter = intra = 3.2·C/10`` with a 2-epoch warm-up of
+  every rank term — chosen on validation across 10- and 100-class tasks, MLP and CNN students
+  (docs/lud_diagnosis.md). Explicit arguments override either preset.
+* *First-order rank terms* (``inter_weight``, ``intra_weight``; not in the paper, whose two
+  Spearman terms are on second-order Gram matrices / the released code has a first-order cosine
+  term on class columns / we offer both directions of DIST's relations, as Spearman
+  ``1 − ρ`` between rows of ``P`` (per sample, over classes) and columns of ``P`` (per class,
+  over the batch), weighted by ``u``/``v`` and optionally masked (``relation_mask``)). Why:
+  measured on cached real teacher logits, the CDL gradient is nearly orthogonal to the direction
+  towards the teacher (cosine +0.19 → −0.01 as the student approaches it; C = 10), while the
+  first-order terms point towards it (+0.4…+0.7); at C = 100 the Gram terms' gradients are
+  ~1/40 of the instance KL's. ``relation_class_scale`` multiplies their weights by ``C/10``:
+  their gradient shrinks like ``1/C`` (probabilities ~1/C); 32 at C = 100 helps a CNN student
+  (+6 points), 32 at C = 10 ruins an MLP student (−3), 3.2 at C = 10 does not.
+* *Rank-term warm-up* (``rank_warmup``, epochs; DKD's idea). A correlation is scale-free, so its
+  gradient grows like ``1/std`` of the student's row: a freshly initialised MLP (flat logits)
+  receives huge gradients and collapses at weights ≥ 8 (DIST itself collapses the same way on
+  our MLP pairs). A linear ramp over 2 epochs lets the logits spread first.
+  ``rank_grad_scale="matched"`` is the per-row alternative (``1 − ρ`` times
+  ``min(1, std_S/std_T)``): it prevented the collapse as well but gained less on the CNN.
+* *Rank scale* (``rank_scale="log"``). Hard Spearman ρ is invariant under ``log``; soft ranks on
+  z-scored rows are not: Gram rows and probabilities at low T are dominated by one entry and the
+  rest sit inside one ``rank_strength`` band. Ranking logarithms turns the T = 1 rank gradients
+  from pointing away from the teacher (cosine −0.25) to towards it (+0.4). Off by default (no
+  accuracy gain measured at T ≈ 4–6, where the default runs).
+* *Batch-spreading temperature maps* (``temperature_map="minmax" | "rank" | "rank_inverse"``).
+  The paper's map saturates (ρ ≈ 0.9–0.97 ↦ T ≈ 5.8 of [2, 6]); ``"rank"`` maps the batch
+  quantile of ρ uniformly onto ``[t_min, t_max]`` (more aligned → higher T, the paper's
+  direction), ``"rank_inverse"`` the released code's direction, ``"minmax"`` linear in the batch
+  range. Measured: spreading T changed validation accuracy by ≤ 0.2 points either way (within
+  seed spread), so the default map is unchanged.
 * *Distributed training.* By default every statistic is per rank: under DDP with B samples per
   process the medians, class confidences, B×B Gram rows and C×C Gram columns see B samples, as
   in a single process with batch B. ``gather=True`` all-gathers student logits (with gradient),
@@ -166,9 +199,11 @@ PRESETS: dict[str, dict[str, float | str]] = {
     "paper": {"ce_weight": 1.0, "instance_weight": 1.0, "cdl_weight": 1.0, "sdl_weight": 1.0,
               "inter_weight": 0.0, "intra_weight": 0.0, "rank_grad_scale": "none",
               "rank_warmup": 0.0, "relation_class_scale": False},
+    # chosen on validation (docs/lud_diagnosis.md): first-order rank terms at 3.2·C/10
+    # (32 at 100 classes, DIST's 2τ² at τ = 4), every rank term warmed up over 2 epochs
     "default": {"ce_weight": 1.0, "instance_weight": 1.0, "cdl_weight": 1.0, "sdl_weight": 1.0,
-                "inter_weight": 0.0, "intra_weight": 0.0, "rank_grad_scale": "none",
-                "rank_warmup": 0.0, "relation_class_scale": False},
+                "inter_weight": 3.2, "intra_weight": 3.2, "rank_grad_scale": "none",
+                "rank_warmup": 2.0, "relation_class_scale": True},
 }
 
 
