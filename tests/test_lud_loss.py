@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -24,6 +25,8 @@ from lud.losses.lud import (
 )
 
 torch.set_num_threads(1)
+# The reference below implements the paper preset's defaults; the default preset is tested last.
+PaperLUD = functools.partial(LUDLoss, preset="paper")
 HAS_TORCHSORT = "torchsort" in ranking.available_backends()
 SMALL = 1e-4  # rank strength at which soft ranks equal hard ranks on these inputs (z-scored rows)
 
@@ -58,10 +61,15 @@ def ref_temperature(zs, zt, mode, t_min, t_max, tmap, base=4.0):
         return np.full((b, c), base)
     row = np.array([rho_s(zs[i], zt[i]) for i in range(b)])
     col = np.array([rho_s(zs[:, j], zt[:, j]) for j in range(c)])
+    # the map sees one value per sample ("sample"), per class ("class") or per entry ("full")
+    if mode == "sample":
+        return np.repeat(ref_map(row, t_min, t_max, tmap)[:, None], c, axis=1)
+    if mode == "class":
+        return np.repeat(ref_map(col, t_min, t_max, tmap)[None, :], b, axis=0)
     rho = np.zeros((b, c))
     for i in range(b):
         for j in range(c):
-            rho[i, j] = {"sample": row[i], "class": col[j], "full": (row[i] + col[j]) / 2}[mode]
+            rho[i, j] = (row[i] + col[j]) / 2
     return ref_map(rho, t_min, t_max, tmap)
 
 
@@ -71,11 +79,15 @@ def ref_map(rho, t_min, t_max, tmap):
         t = t_min + (t_max - t_min) * (1 - np.exp(-np.maximum(rho, 0)))
     elif tmap == "paper_normalized":
         t = t_min + (t_max - t_min) * (1 - np.exp(-np.maximum(rho, 0))) / (1 - np.exp(-1))
-    else:
+    elif tmap in ("released", "minmax"):
         lo, hi = rho.min(), rho.max()
-        t = t_min + (t_max - t_min) * (
-            (hi - rho) / (hi - lo) if hi > lo else 0.5 * np.ones_like(rho)
-        )
+        frac = (rho - lo) / (hi - lo) if hi > lo else 0.5 * np.ones_like(rho)
+        t = t_min + (t_max - t_min) * (1 - frac if tmap == "released" else frac)
+    else:  # batch quantile of rho: average ranks 1..n mapped onto [0, 1]
+        n = rho.size
+        frac = (rankdata(rho.ravel()).reshape(rho.shape) - 1) / (n - 1) if n > 1 else 0.5
+        frac = frac * np.ones_like(rho)
+        t = t_min + (t_max - t_min) * (1 - frac if tmap == "rank_inverse" else frac)
     return np.clip(t, t_min, t_max)
 
 
@@ -130,6 +142,11 @@ def ref_lud(
     instance_weight=1.0,
     cdl_weight=1.0,
     sdl_weight=1.0,
+    inter_weight=0.0,
+    intra_weight=0.0,
+    relation_mask=False,
+    rank_scale="linear",
+    rank_grad_scale="none",
     temperature=4.0,
     dynamic_temperature="sample",
     t_min=2.0,
@@ -181,18 +198,36 @@ def ref_lud(
         terms["instance"] = instance_weight * ref_instance(
             zs, zt, temp, u * (smask if instance_mask else 1)
         )
+    f = np.log if rank_scale == "log" else (lambda x: x)  # what the rank terms correlate
+
+    def rank_loss(xs, xt, w, reduction):
+        if rank_grad_scale == "none":
+            return ref_gram_loss(xs, xt, w, reduction, rank_method)
+        # matched: row r's 1 - rho times min(1, std(student row) / std(teacher row))
+        corr = rho_s if rank_method == "soft" else rho_p
+        k = np.minimum(1.0, xs.std(axis=1) / xt.std(axis=1))
+        d = np.array([1 - corr(xs[r], xt[r]) for r in range(len(w))])
+        return np.sum(w * k * d) / np.sum(w)
+
     if cdl_weight:
         w = v * (cmask if class_mask else 1)
-        terms["cdl"] = cdl_weight * ref_gram_loss(
-            ps.T @ ps, pt.T @ pt, w, gram_reduction, rank_method
-        )
-        rhos["rho_cdl"] = ref_rho_mean(ps.T @ ps, pt.T @ pt, w, gram_reduction, rank_method)
+        gs, gt = f(ps.T @ ps), f(pt.T @ pt)
+        terms["cdl"] = cdl_weight * rank_loss(gs, gt, w, gram_reduction)
+        rhos["rho_cdl"] = ref_rho_mean(gs, gt, w, gram_reduction, rank_method)
     if sdl_weight:
         w = u * (smask if sample_mask else 1)
-        terms["sdl"] = sdl_weight * ref_gram_loss(
-            ps @ ps.T, pt @ pt.T, w, gram_reduction, rank_method
-        )
-        rhos["rho_sdl"] = ref_rho_mean(ps @ ps.T, pt @ pt.T, w, gram_reduction, rank_method)
+        gs, gt = f(ps @ ps.T), f(pt @ pt.T)
+        terms["sdl"] = sdl_weight * rank_loss(gs, gt, w, gram_reduction)
+        rhos["rho_sdl"] = ref_rho_mean(gs, gt, w, gram_reduction, rank_method)
+    ps, pt = f(ps), f(pt)
+    if inter_weight:  # first-order: rows of P (samples), 1 - rho per row, weighted mean
+        w = u * (smask if relation_mask else 1)
+        terms["inter"] = inter_weight * rank_loss(ps, pt, w, "row")
+        rhos["rho_inter"] = ref_rho_mean(ps, pt, w, "row", rank_method)
+    if intra_weight:  # first-order: columns of P (classes over the batch)
+        w = v * (cmask if relation_mask else 1)
+        terms["intra"] = intra_weight * rank_loss(ps.T, pt.T, w, "row")
+        rhos["rho_intra"] = ref_rho_mean(ps.T, pt.T, w, "row", rank_method)
     return terms, dict(
         kept_samples=smask.mean(),
         kept_classes=cmask.mean(),
@@ -251,7 +286,8 @@ def test_soft_mask_formula(direction):
     assert ((got > 0) & (got < 1)).all()
 
 
-@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released"])
+@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released", "minmax", "rank",
+                                  "rank_inverse"])
 def test_map_temperature_formula_and_range(tmap):
     rho = torch.linspace(-1, 1, 21)
     got = map_temperature(rho, 2.0, 6.0, tmap).numpy()
@@ -261,12 +297,27 @@ def test_map_temperature_formula_and_range(tmap):
         assert got[10] == pytest.approx(2.0) and got[-1] == pytest.approx(6.0)
     if tmap == "paper":
         assert got[-1] == pytest.approx(2.0 + 4.0 * (1 - math.exp(-1)), rel=1e-5)
-    if tmap == "released":  # most similar -> lowest T
+    if tmap in ("released", "rank_inverse"):  # most similar -> lowest T
         assert got[-1] == pytest.approx(2.0) and got[0] == pytest.approx(6.0)
+    if tmap in ("minmax", "rank"):  # most similar -> highest T
+        assert got[-1] == pytest.approx(6.0) and got[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("tmap", ["rank", "rank_inverse"])
+def test_rank_map_spreads_a_clustered_batch_uniformly(tmap):
+    # correlations bunched near 0.95 (the saturated regime): the rank map still uses the range
+    rho = torch.tensor([0.95, 0.951, 0.949, 0.96, 0.955, 0.95])
+    got = map_temperature(rho, 2.0, 6.0, tmap).numpy()
+    ranks = rankdata(rho.numpy())  # the two 0.95 tie: both get rank 2.5
+    frac = (ranks - 1) / 5
+    want = 2.0 + 4.0 * (frac if tmap == "rank" else 1 - frac)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert map_temperature(torch.tensor([0.3]), 2.0, 6.0, tmap).item() == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("mode", ["sample", "class", "full"])
-@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released"])
+@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released", "minmax", "rank",
+                                  "rank_inverse"])
 def test_dynamic_temperature_matches_scipy(mode, tmap):
     zs, zt, _ = logits(b=6, c=5, seed=1)
     got = dynamic_temperature(zs, zt, mode, 2.0, 6.0, tmap).expand(6, 5).numpy()
@@ -275,7 +326,7 @@ def test_dynamic_temperature_matches_scipy(mode, tmap):
 
 
 @pytest.mark.parametrize("mode", ["sample", "class", "full"])
-@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released"])
+@pytest.mark.parametrize("tmap", ["paper", "paper_normalized", "released", "rank"])
 @pytest.mark.parametrize("shape", [(1, 5), (2, 2), (16, 10)])
 def test_temperature_always_in_range(mode, tmap, shape):
     g = torch.Generator().manual_seed(3)
@@ -348,6 +399,19 @@ CONFIGS = [
     {"dynamic_temperature": "full", "temperature_map": "released"},
     {"instance_mask": True, "sample_mask": False, "class_mask": False},
     {"gram_reduction": "flat"},
+    {"temperature_map": "rank"},
+    {"temperature_map": "rank_inverse", "dynamic_temperature": "full"},
+    {"temperature_map": "minmax", "dynamic_temperature": "class"},
+    {"inter_weight": 1.5, "intra_weight": 0.5},
+    {"inter_weight": 1.0, "intra_weight": 2.0, "relation_mask": True, "rank_method": "pearson"},
+    {"inter_weight": 1.0, "cdl_weight": 0.0, "sdl_weight": 0.0, "mask_direction": "uncertain",
+     "relation_mask": True},
+    {"rank_scale": "log", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "inter_weight": 2.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "gram_reduction": "flat"},
+    {"rank_grad_scale": "matched", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_grad_scale": "matched", "rank_scale": "log", "rank_method": "pearson",
+     "inter_weight": 1.0},
     {
         "rank_method": "pearson",
         "cdl_weight": 2.0,
@@ -363,7 +427,7 @@ CONFIGS = [
 )
 def test_module_matches_reference(cfg):
     zs, zt, y = logits(b=12, c=7, seed=5)
-    terms, out = run(LUDLoss(rank_strength=SMALL, **cfg), zs, zt, y)
+    terms, out = run(PaperLUD(rank_strength=SMALL, **cfg), zs, zt, y)
     ref, rstats = ref_lud(zs.numpy(), zt.numpy(), y.numpy(), **cfg)
     assert set(terms) == set(ref)
     for k in ref:
@@ -377,13 +441,15 @@ def test_module_matches_reference(cfg):
     assert s["temperature_mean"] == pytest.approx(rstats["temperature"].mean(), rel=1e-5)
     assert s["temperature_min"] == pytest.approx(rstats["temperature"].min(), rel=1e-5)
     assert s["temperature_max"] == pytest.approx(rstats["temperature"].max(), rel=1e-5)
-    for k in ("rho_cdl", "rho_sdl"):
-        assert s[k] == pytest.approx(rstats[k], abs=1e-3), k
+    for k in ("rho_cdl", "rho_sdl", "rho_inter", "rho_intra"):
+        assert (k in s) == (k in rstats), k
+        if k in rstats:
+            assert s[k] == pytest.approx(rstats[k], abs=1e-3), k
 
 
 def test_default_strength_close_to_scipy():
     zs, zt, y = logits(b=16, c=10, seed=15)
-    terms, _ = run(LUDLoss(), zs, zt, y)
+    terms, _ = run(PaperLUD(), zs, zt, y)
     ref, _ = ref_lud(zs.numpy(), zt.numpy(), y.numpy())
     for k in ref:
         assert terms[k] == pytest.approx(ref[k], abs=2e-2), k
@@ -401,7 +467,7 @@ def test_hard_mask_keeps_exactly_the_rule_rows():
         "cdl": (ps.T @ ps, pt.T @ pt, np.argsort(p0.mean(0))),
     }
     for direction in ("confident", "uncertain"):
-        loss = LUDLoss(
+        loss = PaperLUD(
             mask_direction=direction,
             ce_weight=0,
             instance_weight=0,
@@ -422,7 +488,7 @@ def test_hard_mask_keeps_exactly_the_rule_rows():
     "mask", [{}, {"mask_type": "soft", "mask_direction": "uncertain", "mask_softness": 0.2}]
 )
 def test_running_threshold_ema_train_only_and_state_dict(mask):
-    loss = LUDLoss(threshold="running", threshold_momentum=0.9, rank_strength=SMALL, **mask)
+    loss = PaperLUD(threshold="running", threshold_momentum=0.9, rank_strength=SMALL, **mask)
     batches = [logits(b=10, c=6, seed=s) for s in (10, 11, 12)]
     qs = [np.quantile(np_softmax(zt.double().numpy() / 4).max(1), 0.5) for _, zt, _ in batches]
     qc = [np.quantile(np_softmax(zt.double().numpy() / 4).mean(0), 0.5) for _, zt, _ in batches]
@@ -450,7 +516,7 @@ def test_running_threshold_ema_train_only_and_state_dict(mask):
     for k in ("kept_samples", "kept_classes"):
         assert out.stats[k] == pytest.approx(rstats[k], abs=1e-5)
     # round trip
-    other = LUDLoss(threshold="running", rank_strength=SMALL, **mask)
+    other = PaperLUD(threshold="running", rank_strength=SMALL, **mask)
     other.load_state_dict(loss.state_dict())
     other.eval()
     assert float(other(*batches[2]).total) == pytest.approx(float(out.total), rel=1e-6)
@@ -465,7 +531,7 @@ def test_running_threshold_ema_train_only_and_state_dict(mask):
 @pytest.mark.parametrize("teacher_rank", ["soft", "hard"])
 def test_student_equals_teacher_is_minimum(teacher_rank):
     _, zt, y = logits(b=16, c=10, seed=7)
-    loss = LUDLoss(ce_weight=0, instance_weight=0, teacher_rank=teacher_rank)
+    loss = PaperLUD(ce_weight=0, instance_weight=0, teacher_rank=teacher_rank)
     zs = zt.clone().requires_grad_()
     out = loss(zs, zt, y)
     out.total.backward()
@@ -480,13 +546,13 @@ def test_student_equals_teacher_is_minimum(teacher_rank):
         assert 0 <= cdl < 0.03 and 0 <= sdl < 0.03
         assert zs.grad.norm() < 0.2 * zr.grad.norm()
     assert float(far.terms["cdl"].detach()) > 0.3 and float(far.terms["sdl"].detach()) > 0.3
-    o = LUDLoss(ce_weight=0, instance_weight=0, rank_method="pearson")(zt, zt)
+    o = PaperLUD(ce_weight=0, instance_weight=0, rank_method="pearson")(zt, zt)
     assert float(o.total) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_switches_remove_terms():
     zs, zt, y = logits(seed=8)
-    full, out = run(LUDLoss(), zs, zt, y)
+    full, out = run(PaperLUD(), zs, zt, y)
     assert set(full) == {"ce", "instance", "cdl", "sdl"}
     assert float(out.total) == pytest.approx(sum(full.values()), rel=1e-6)
     for name, kw in (
@@ -495,7 +561,7 @@ def test_switches_remove_terms():
         ("cdl", "cdl_weight"),
         ("sdl", "sdl_weight"),
     ):
-        terms, o = run(LUDLoss(**{kw: 0.0}), zs, zt, y)
+        terms, o = run(PaperLUD(**{kw: 0.0}), zs, zt, y)
         assert name not in terms and set(terms) == set(full) - {name}
         assert float(o.total) == pytest.approx(float(out.total) - full[name], rel=1e-5)
     # other switches change the value of their term, not the set of terms
@@ -507,7 +573,7 @@ def test_switches_remove_terms():
         ({"dynamic_temperature": "off"}, "sdl"),
         ({"standardize": True}, "cdl"),
     ):
-        terms, _ = run(LUDLoss(**kw), zs, zt, y)
+        terms, _ = run(PaperLUD(**kw), zs, zt, y)
         assert set(terms) == set(full) and terms[affected] != pytest.approx(
             full[affected], rel=1e-4
         ), kw
@@ -515,14 +581,14 @@ def test_switches_remove_terms():
 
 def test_ce_only_equals_cross_entropy():
     zs, zt, y = logits(seed=9)
-    out = LUDLoss(instance_weight=0, cdl_weight=0, sdl_weight=0)(zs, zt, y)
+    out = PaperLUD(instance_weight=0, cdl_weight=0, sdl_weight=0)(zs, zt, y)
     assert set(out.terms) == {"ce"}
     assert float(out.total) == pytest.approx(float(F.cross_entropy(zs, y)), rel=1e-6)
 
 
 def test_standardize_matches_reference_on_zscored_logits():
     zs, zt, y = logits(b=10, c=6, seed=13)
-    terms, _ = run(LUDLoss(standardize=True, rank_strength=SMALL), zs, zt, y)
+    terms, _ = run(PaperLUD(standardize=True, rank_strength=SMALL), zs, zt, y)
     def z(x):
         return (x - x.mean(1, keepdims=True)) / x.std(1, ddof=1, keepdims=True)
 
@@ -540,10 +606,23 @@ def test_gradients_reach_student_only():
         {},
         {"mask_type": "soft"},
         {"gram_reduction": "flat"},
+    {"temperature_map": "rank"},
+    {"temperature_map": "rank_inverse", "dynamic_temperature": "full"},
+    {"temperature_map": "minmax", "dynamic_temperature": "class"},
+    {"inter_weight": 1.5, "intra_weight": 0.5},
+    {"inter_weight": 1.0, "intra_weight": 2.0, "relation_mask": True, "rank_method": "pearson"},
+    {"inter_weight": 1.0, "cdl_weight": 0.0, "sdl_weight": 0.0, "mask_direction": "uncertain",
+     "relation_mask": True},
+    {"rank_scale": "log", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "inter_weight": 2.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "gram_reduction": "flat"},
+    {"rank_grad_scale": "matched", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_grad_scale": "matched", "rank_scale": "log", "rank_method": "pearson",
+     "inter_weight": 1.0},
         {"dynamic_temperature": "full"},
     ):
         zs.grad = None
-        out = LUDLoss(**cfg)(zs, zt, y)
+        out = PaperLUD(**cfg)(zs, zt, y)
         assert out.total.dtype == torch.float32
         for k, v in out.terms.items():  # each term on its own reaches the student
             (g,) = torch.autograd.grad(v, zs, retain_graph=True)
@@ -561,9 +640,18 @@ def test_degenerate_shapes_finite(shape, threshold):
     zs = torch.randn(*shape, generator=g).requires_grad_()
     zt = torch.randn(*shape, generator=g)
     y = torch.randint(0, shape[1], (shape[0],), generator=g)
-    out = LUDLoss(threshold=threshold, dynamic_temperature="full")(zs, zt, y)
+    out = PaperLUD(threshold=threshold, dynamic_temperature="full")(zs, zt, y)
     out.total.backward()
     assert torch.isfinite(out.total) and torch.isfinite(zs.grad).all()
+    for extra in ({"inter_weight": 1.0, "intra_weight": 1.0},
+                  {"inter_weight": 1.0, "intra_weight": 1.0, "rank_scale": "log",
+                   "temperature_map": "rank"}):
+        zs.grad = None
+        o2 = PaperLUD(threshold=threshold, **extra)(zs, zt * 50, y)  # peaked teacher: log floor
+        o2.total.backward()
+        assert torch.isfinite(o2.total) and torch.isfinite(zs.grad).all()
+        if shape[0] == 1:
+            assert o2.terms["intra"] == 0  # a column of one sample has nothing to rank
     assert all(0.0 <= out.stats[k] <= 1.0 for k in ("kept_samples", "kept_classes"))
     if shape[0] == 1:
         assert out.terms["sdl"] == 0  # a 1x1 Gram matrix has nothing to rank
@@ -580,11 +668,24 @@ def test_constant_logits_finite():
         {"mask_direction": "uncertain"},
         {"mask_type": "soft"},
         {"gram_reduction": "flat"},
+    {"temperature_map": "rank"},
+    {"temperature_map": "rank_inverse", "dynamic_temperature": "full"},
+    {"temperature_map": "minmax", "dynamic_temperature": "class"},
+    {"inter_weight": 1.5, "intra_weight": 0.5},
+    {"inter_weight": 1.0, "intra_weight": 2.0, "relation_mask": True, "rank_method": "pearson"},
+    {"inter_weight": 1.0, "cdl_weight": 0.0, "sdl_weight": 0.0, "mask_direction": "uncertain",
+     "relation_mask": True},
+    {"rank_scale": "log", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "inter_weight": 2.0, "intra_weight": 1.0},
+    {"rank_scale": "log", "rank_method": "pearson", "gram_reduction": "flat"},
+    {"rank_grad_scale": "matched", "inter_weight": 1.0, "intra_weight": 1.0},
+    {"rank_grad_scale": "matched", "rank_scale": "log", "rank_method": "pearson",
+     "inter_weight": 1.0},
         {"standardize": True},
         {"temperature_map": "released"},
     ):
         zs.grad = None
-        out = LUDLoss(**cfg)(zs, zt, y)
+        out = PaperLUD(**cfg)(zs, zt, y)
         out.total.backward()
         assert torch.isfinite(out.total) and torch.isfinite(zs.grad).all(), cfg
         assert all(math.isfinite(v) for v in out.stats.values())
@@ -594,7 +695,7 @@ def test_constant_logits_finite():
 def test_low_precision_inputs_give_fp32(dtype):
     zs, zt, y = logits(b=8, c=10, seed=12)
     zs = zs.to(dtype).requires_grad_()
-    out = LUDLoss()(zs, zt.to(dtype), y)
+    out = PaperLUD()(zs, zt.to(dtype), y)
     assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
     out.total.backward()
     assert zs.grad.dtype == dtype and torch.isfinite(zs.grad.float()).all()
@@ -605,7 +706,7 @@ def test_autocast_bf16():
     lin = torch.nn.Linear(10, 10)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         s = lin(zs)
-        out = LUDLoss()(s, zt, y)
+        out = PaperLUD()(s, zt, y)
     assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
     out.total.backward()
     assert torch.isfinite(lin.weight.grad).all()
@@ -614,7 +715,7 @@ def test_autocast_bf16():
 # ----------------------------------------------------------------- validation and stats
 def test_bad_input_raises():
     zs, zt, y = logits(b=4, c=5)
-    loss = LUDLoss()
+    loss = PaperLUD()
     with pytest.raises(ValueError, match="class-count"):
         loss(zs, zt[:, :4], y)
     with pytest.raises(ValueError, match="batch-size"):
@@ -625,7 +726,7 @@ def test_bad_input_raises():
         loss(zs, None, y)
     with pytest.raises(ValueError, match="needs targets"):
         loss(zs, zt, None)
-    assert torch.isfinite(LUDLoss(ce_weight=0)(zs, zt).total)  # no CE: targets optional
+    assert torch.isfinite(PaperLUD(ce_weight=0)(zs, zt).total)  # no CE: targets optional
 
 
 @pytest.mark.parametrize(
@@ -655,6 +756,13 @@ def test_bad_input_raises():
             "torchsort|t_min",
         ),
         ({"teacher_rank": "none"}, "teacher_rank"),
+        ({"rank_scale": "ln"}, "rank_scale"),
+        ({"rank_grad_scale": "std"}, "rank_grad_scale"),
+        ({"rank_grad_scale": "matched", "gram_reduction": "flat"}, "gram_reduction"),
+        ({"rank_warmup": -1.0}, "rank_warmup"),
+        ({"inter_weight": -1.0}, "inter_weight"),
+        ({"intra_weight": float("inf")}, "intra_weight"),
+        ({"relation_mask": "yes"}, "relation_mask"),
         (
             {"ce_weight": 0, "instance_weight": 0, "cdl_weight": 0, "sdl_weight": 0},
             "nothing to compute",
@@ -663,7 +771,7 @@ def test_bad_input_raises():
 )
 def test_invalid_params(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        LUDLoss(**kw)
+        PaperLUD(**kw)
 
 
 def test_registry_and_stats():
@@ -727,3 +835,100 @@ def test_lud_fullgraph_compile_matches_eager_values_and_gradients():
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-7)
     assert grads[1][1].abs().sum() > 0
+
+
+def test_rank_warmup_ramps_rank_terms_only():
+    zs, zt, y = logits(b=12, c=7, seed=21)
+    kw = {"inter_weight": 1.0, "intra_weight": 1.0}
+    full, _ = run(PaperLUD(**kw), zs, zt, y)
+    loss = PaperLUD(rank_warmup=4.0, **kw)
+    for epoch, frac in ((0.0, 0.0), (1.0, 0.25), (3.0, 0.75), (4.0, 1.0), (9.0, 1.0)):
+        got = {k: float(v) for k, v in loss(zs, zt, y, epoch=epoch).terms.items()}
+        for k in ("ce", "instance"):
+            assert got[k] == pytest.approx(full[k], rel=1e-6)
+        for k in ("cdl", "sdl", "inter", "intra"):
+            assert got[k] == pytest.approx(frac * full[k], rel=1e-6, abs=1e-9), (k, epoch)
+
+
+def test_matched_scale_bounds_the_gradient_of_a_flat_student():
+    # a nearly flat student (tiny logits, as at initialisation): without the matched scale the
+    # correlation gradient grows like 1/scale; with it the gradient stays bounded
+    g = torch.Generator().manual_seed(22)
+    zt = torch.randn(32, 20, generator=g) * 3
+    base = torch.randn(32, 20, generator=g)
+    y = torch.randint(0, 20, (32,), generator=g)
+    kw = {"ce_weight": 0.0, "instance_weight": 0.0, "inter_weight": 1.0, "intra_weight": 1.0,
+          "dynamic_temperature": "off", "rank_method": "pearson"}
+    norms = {}
+    for mode in ("none", "matched"):
+        for scale in (1.0, 1e-3):
+            zs = (base * scale).requires_grad_()
+            PaperLUD(rank_grad_scale=mode, **kw)(zs, zt, y).total.backward()
+            norms[mode, scale] = float(zs.grad.norm())
+    assert norms["none", 1e-3] > 100 * norms["none", 1.0]  # the explosion
+    assert norms["matched", 1e-3] < 2 * norms["matched", 1.0]  # bounded
+
+
+# today's (pre-preset) defaults, written out: preset="paper" must reproduce them exactly
+PAPER_VALUES = {
+    "ce_weight": 1.0, "instance_weight": 1.0, "cdl_weight": 1.0, "sdl_weight": 1.0,
+    "inter_weight": 0.0, "intra_weight": 0.0, "relation_mask": False, "rank_scale": "linear",
+    "relation_class_scale": False,
+    "rank_grad_scale": "none", "rank_warmup": 0.0, "temperature": 4.0,
+    "dynamic_temperature": "sample", "t_min": 2.0, "t_max": 6.0,
+    "temperature_map": "paper_normalized", "mask_direction": "confident", "threshold": "batch",
+    "quantile": 0.5, "mask_type": "hard", "sample_mask": True, "class_mask": True,
+    "instance_mask": False, "uncertainty_weighting": True, "gram_reduction": "row",
+    "rank_method": "soft", "rank_strength": 0.1, "teacher_rank": "hard", "standardize": False,
+}
+
+
+def test_paper_preset_reproduces_the_original_defaults():
+    paper = LUDLoss(preset="paper")
+    for k, v in PAPER_VALUES.items():
+        assert getattr(paper, k) == v, k
+    zs, zt, y = logits(b=16, c=10, seed=30)
+    got, _ = run(LUDLoss(preset="paper", rank_backend="pairwise"), zs, zt, y)
+    want, _ = run(LUDLoss(rank_backend="pairwise", **PAPER_VALUES), zs, zt, y)
+    assert got == want  # bit-identical
+    ref, _ = ref_lud(zs.numpy(), zt.numpy(), y.numpy())  # ref_lud's defaults are the paper's
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], abs=2e-2), k
+
+
+def test_preset_values_yield_to_explicit_arguments():
+    loss = LUDLoss(preset="paper", inter_weight=2.0, rank_warmup=1.0)
+    assert loss.inter_weight == 2.0 and loss.rank_warmup == 1.0 and loss.cdl_weight == 1.0
+    with pytest.raises(ValueError, match="preset"):
+        LUDLoss(preset="cifar")
+
+
+@pytest.mark.parametrize("c", [3, 10, 40])
+def test_relation_class_scale_multiplies_relation_terms_by_c_over_10(c):
+    zs, zt, y = logits(b=12, c=c, seed=31)
+    kw = {"inter_weight": 1.5, "intra_weight": 0.5, "rank_warmup": 0.0}
+    plain, _ = run(PaperLUD(relation_class_scale=False, **kw), zs, zt, y)
+    scaled, _ = run(PaperLUD(relation_class_scale=True, **kw), zs, zt, y)
+    for k in plain:
+        factor = c / 10 if k in ("inter", "intra") else 1.0
+        assert scaled[k] == pytest.approx(factor * plain[k], rel=1e-6), k
+
+
+def test_default_preset_values_and_reference():
+    loss = build_loss("lud")
+    assert loss.preset == "default"
+    assert (loss.inter_weight, loss.intra_weight, loss.rank_warmup) == (3.2, 3.2, 2.0)
+    assert loss.relation_class_scale and loss.rank_grad_scale == "none"
+    for k in ("ce_weight", "instance_weight", "cdl_weight", "sdl_weight", "temperature",
+              "dynamic_temperature", "temperature_map", "rank_strength"):
+        assert getattr(loss, k) == PAPER_VALUES[k], k
+    zs, zt, y = logits(b=12, c=7, seed=32)
+    got = {k: float(v) for k, v in LUDLoss(rank_strength=SMALL)(zs, zt, y, epoch=3.0).terms.items()}
+    ref, _ = ref_lud(zs.numpy(), zt.numpy(), y.numpy(), inter_weight=3.2 * 7 / 10,
+                     intra_weight=3.2 * 7 / 10)
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], abs=1e-3), k
+    early = {k: float(v) for k, v in LUDLoss(rank_strength=SMALL)(zs, zt, y, epoch=0.5).terms.items()}
+    for k in ("cdl", "sdl", "inter", "intra"):  # a quarter of the way through the warm-up
+        assert early[k] == pytest.approx(0.25 * got[k], rel=1e-6), k
