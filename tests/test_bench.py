@@ -192,8 +192,9 @@ def test_plan_ablation_variants(project: dict[str, Path], tmp_path: Path) -> Non
         "lud-no_sdl",
         "lud-no_dyntemp",
         "lud-no_instance",
+        "lud-no_relations",
     ]
-    assert all(r.status == "new" for r in plan.runs) and len(plan.runs) == 8
+    assert all(r.status == "new" for r in plan.runs) and len(plan.runs) == 9
     built = {
         r.variant.label: build_loss(r.config.loss.name, **r.config.loss.params) for r in plan.runs
     }
@@ -206,6 +207,7 @@ def test_plan_ablation_variants(project: dict[str, Path], tmp_path: Path) -> Non
         "lud-no_sdl": {"sdl_weight": 0.0},
         "lud-no_dyntemp": {"dynamic_temperature": "off"},
         "lud-no_instance": {"instance_weight": 0.0},
+        "lud-no_relations": {"inter_weight": 0.0, "intra_weight": 0.0},
     }
     names = set().union(*expected.values())
     for label, switch in expected.items():
@@ -480,7 +482,7 @@ def test_other_recipe_in_same_folder_refused(benched: Path, project: dict[str, P
 def test_ablation_reuses_runs_and_tabulates(
     benched: Path, project: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--ablate lud in the methods' folder: only the six variants are trained."""
+    """--ablate lud in the methods' folder: only the ablation variants are trained."""
     counter = Counter(engine_train)
     monkeypatch.setattr(bench, "train", counter)
     code = main(
@@ -498,8 +500,9 @@ def test_ablation_reuses_runs_and_tabulates(
         ]
     )
     assert code == 0
-    assert sorted(c[2] for c in counter.calls) == [False] * 6
-    assert len(counter.calls) == 6 and {c[0] for c in counter.calls} == {"lud"}
+    n = len(ABLATIONS["lud"])
+    assert n == 7 and sorted(c[2] for c in counter.calls) == [False] * n
+    assert len(counter.calls) == n and {c[0] for c in counter.calls} == {"lud"}
     md = (benched / "results.md").read_text()
     abl = md.split("## Ablation")[1].split("\n\n")[1]
     lines = [ln for ln in abl.splitlines() if ln.startswith("| ")][1:]

@@ -932,3 +932,23 @@ def test_default_preset_values_and_reference():
     early = {k: float(v) for k, v in LUDLoss(rank_strength=SMALL)(zs, zt, y, epoch=0.5).terms.items()}
     for k in ("cdl", "sdl", "inter", "intra"):  # a quarter of the way through the warm-up
         assert early[k] == pytest.approx(0.25 * got[k], rel=1e-6), k
+
+
+def test_lud_paper_is_the_paper_preset_under_its_own_name():
+    """``lud-paper`` = ``lud`` with ``preset="paper"`` (values, gradients, parameter checks)."""
+    zs, zt, y = logits(b=12, c=7, seed=5)
+    for params in ({}, {"cdl_weight": 2.0, "t_max": 4.0}):
+        named = build_loss("lud-paper", **params)
+        preset = build_loss("lud", preset="paper", **params)
+        assert named.preset == "paper" and named.inter_weight == 0.0
+        a, b = (zs.clone().requires_grad_(True) for _ in range(2))
+        out_a, out_b = named(a, zt, y, epoch=3.0), preset(b, zt, y, epoch=3.0)
+        torch.testing.assert_close(out_a.total, out_b.total, rtol=0, atol=0)
+        out_a.total.backward()
+        out_b.total.backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    default = build_loss("lud")
+    assert default.inter_weight > 0  # the improved default is another loss
+    assert build_loss("lud-paper", preset="default").inter_weight == default.inter_weight
+    with pytest.raises(ValueError, match="cdl_wieght"):
+        build_loss("lud-paper", cdl_wieght=1.0)

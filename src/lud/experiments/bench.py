@@ -94,6 +94,8 @@ ABLATIONS: dict[str, tuple[tuple[str, str, dict[str, Any]], ...]] = {
         ("lud-no_sdl", "sample Spearman (SDL)", {"sdl_weight": 0.0}),
         ("lud-no_dyntemp", "dynamic temperature", {"dynamic_temperature": "off"}),
         ("lud-no_instance", "instance KL term", {"instance_weight": 0.0}),
+        ("lud-no_relations", "first-order rank terms (inter, intra)",
+         {"inter_weight": 0.0, "intra_weight": 0.0}),
     ),
 }
 

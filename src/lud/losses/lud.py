@@ -144,8 +144,9 @@ Open points — paper says / released code (``llieeai/lud``) does / we do:
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -864,3 +865,24 @@ class LUDLoss(DistillationLoss):
             confidence_mean=conf.mean(),
         )
         return self.output(terms, stats)
+
+
+@register_loss("lud-paper")
+class LUDPaperLoss(LUDLoss):
+    """LUD as the paper describes it (``preset="paper"``: weights 1, no first-order terms, no
+    warm-up) under a name of its own, so that configs, ``lud tune`` grids and ``lud bench`` tables
+    hold it beside the improved default: ``build_loss("lud-paper", **p)`` equals
+    ``build_loss("lud", preset="paper", **p)``. Same parameters as :class:`LUDLoss`."""
+
+    def __init__(self, **params: Any) -> None:
+        params.setdefault("preset", "paper")
+        super().__init__(**params)
+
+
+# build_loss checks parameter names against the signature: show LUDLoss's, with the paper preset
+LUDPaperLoss.__init__.__signature__ = inspect.signature(LUDLoss.__init__).replace(  # type: ignore[attr-defined]
+    parameters=[
+        p.replace(default="paper") if p.name == "preset" else p
+        for p in inspect.signature(LUDLoss.__init__).parameters.values()
+    ]
+)
