@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/fashion_mnist/new_methods.sh [OUT]       (default OUT: runs/fashion_mnist)
 #   PAIRS=cnn_large_mlp_tiny bash benchmarks/fashion_mnist/new_methods.sh
+#   GRID=grid_round1_lud_default.yaml TAG=lud-default METHODS=lud bash benchmarks/fashion_mnist/new_methods.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/fashion_mnist}
@@ -13,6 +14,8 @@ JOBS=${JOBS:-2}
 LUD=${LUD:-.venv/bin/lud}
 PAIRS=${PAIRS:-"cnn_large_mlp_tiny cnn_large_cnn_small"}
 METHODS=${METHODS:-wttm,rld,lud-released}
+GRID=${GRID:-grid_round1_new.yaml}
+TAG=${TAG:-new}
 RECIPE="data.subset=12000 data.augment=none runtime.teacher_cache=true solver.epochs=15 runtime.progress=false"
 if [ ! -f "$OUT/fashion_mnist-ce-cnn_large/summary.json" ]; then
   "$LUD" train fashion_mnist/ce/cnn_large --output-dir "$OUT" \
@@ -22,9 +25,9 @@ TEACHER="teacher.checkpoint=$OUT/fashion_mnist-ce-cnn_large/best.pt"
 CACHE="runtime.teacher_cache_dir=$OUT/teacher_logits"
 for pair in $PAIRS; do
   cfg=fashion_mnist/lud/$pair
-  "$LUD" tune "$cfg" --grid benchmarks/fashion_mnist/grid_round1_new.yaml --seeds 0, \
-    --jobs "$JOBS" --output-dir "$OUT/tune-new-$pair" $TEACHER $RECIPE $CACHE
+  "$LUD" tune "$cfg" --grid "benchmarks/fashion_mnist/$GRID" --seeds 0, \
+    --jobs "$JOBS" --output-dir "$OUT/tune-$TAG-$pair" $TEACHER $RECIPE $CACHE
   "$LUD" bench "$cfg" --methods "$METHODS" --seeds 1,2,3 --jobs "$JOBS" \
-    --method-params "$OUT/tune-new-$pair/tuned.yaml" --output-dir "$OUT/bench-new-$pair" \
+    --method-params "$OUT/tune-$TAG-$pair/tuned.yaml" --output-dir "$OUT/bench-$TAG-$pair" \
     $TEACHER $RECIPE $CACHE
 done
