@@ -13,6 +13,10 @@ OUT=${1:-runs/fashion_mnist}
 JOBS=${JOBS:-2}
 LUD=${LUD:-.venv/bin/lud}
 PAIRS=${PAIRS:-"cnn_large_mlp_tiny cnn_large_cnn_small"}
+# The first round's methods; `lud` then is `lud-paper` now (new_methods.sh adds the later ones and
+# the improved `lud`). ABLATE="--ablate lud" adds the ablation of the improved LUD.
+METHODS=${METHODS:-kd,dkd,dist,kd+ls,ctkd,mlkd,lud-paper}
+ABLATE=${ABLATE:-}
 # The data: Debian's dataset-fashion-mnist (installed here when missing and apt-get can run).
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -37,10 +41,10 @@ for pair in $PAIRS; do
   cfg=fashion_mnist/lud/$pair
   # 1. the same budget for every method: four settings each, seed 0, validation split only
   "$LUD" tune "$cfg" --grid benchmarks/fashion_mnist/grid.yaml --seeds 0, --jobs "$JOBS" \
-    --output-dir "$OUT/tune-$pair" $TEACHER $RECIPE
+    --output-dir "$OUT/tune-$pair" $TEACHER $RECIPE runtime.teacher_cache_dir=$OUT/teacher_logits
   # 2. the tuned settings on three other seeds (the test set is scored only here), then LUD
   #    with each part switched off (its rows come after the table's in the run order)
-  "$LUD" bench "$cfg" --methods kd,dkd,dist,kd+ls,ctkd,mlkd,lud --ablate lud --seeds 1,2,3 \
+  "$LUD" bench "$cfg" --methods "$METHODS" $ABLATE --seeds 1,2,3 \
     --jobs "$JOBS" --method-params "$OUT/tune-$pair/tuned.yaml" --output-dir "$OUT/bench-$pair" \
     $TEACHER $RECIPE
   "$LUD" report "$OUT/bench-$pair"
