@@ -89,7 +89,7 @@ def test_load_grid_forms_and_errors(tmp_path: Path) -> None:
         load_grid(bad)
     # the shipped Fashion-MNIST grid is even and every trial builds
     shipped = load_grid(Path(__file__).parents[1] / "benchmarks" / "fashion_mnist" / "grid.yaml")
-    assert len({len(t) for t in shipped.values()}) == 1 and "lud" in shipped
+    assert len({len(t) for t in shipped.values()}) == 1 and "lud-paper" in shipped
 
 
 def _fake_run(folder: Path, top1: float | None, *, failed: bool = False) -> None:
@@ -229,3 +229,15 @@ def test_scheduler_divergence_errors_and_order(tmp_path: Path) -> None:
         execute_runs(tasks, train_fn=broken)
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         execute_runs(tasks, jobs=0)
+
+
+@pytest.mark.parametrize(
+    "grid",
+    sorted((Path(__file__).parents[1] / "benchmarks").glob("*/grid*.yaml")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_every_shipped_grid_is_even_and_builds(grid: Path) -> None:
+    """Each benchmark grid gives its methods the same number of settings, and each setting is a
+    valid loss configuration (load_grid builds every one)."""
+    trials = load_grid(grid)
+    assert trials and len({len(t) for t in trials.values()}) == 1, grid
