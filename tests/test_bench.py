@@ -620,3 +620,19 @@ def test_two_jobs_train_the_same_runs(benched: Path, project: dict[str, Path]) -
             assert (out / label / f"seed{seed}" / "eval_best.json").is_file()
     rows = {r["label"]: r for r in _read_csv(out / "results.csv")}
     assert rows["kd"]["seeds_done"] == "2" and rows["student"]["seeds_done"] == "2"
+
+
+def test_ablation_skips_parts_already_off(tmp_path: Path, project: dict[str, Path]) -> None:
+    """A part the tuned setting already switches off has no ablation row (it would be the very
+    same run as full LUD, trained again)."""
+    plan = plan_bench(
+        project["config"],
+        ["lud"],
+        1,
+        output_dir=tmp_path / "b",
+        ablate="lud",
+        method_params={"lud": {"cdl_weight": 0.0, "sdl_weight": 0.0}},
+    )
+    labels = [v.label for v in plan.variants]
+    assert "lud-no_cdl" not in labels and "lud-no_sdl" not in labels
+    assert {"lud-no_mask", "lud-no_instance", "lud-no_relations"} <= set(labels)

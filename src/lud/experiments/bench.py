@@ -366,10 +366,12 @@ def _variants(
     if ablate is not None:
         if ablate not in names:
             out.append(Variant(ablate, ablate, merged(ablate, ablate), group="ablation"))
-        out += [
-            Variant(label, ablate, merged(label, ablate, switch), group="ablation", off=off)
-            for label, off, switch in ABLATIONS[ablate]
-        ]
+        full = merged(ablate, ablate)
+        for label, off, switch in ABLATIONS[ablate]:
+            variant = merged(label, ablate, switch)
+            if variant == full:  # that part is already off in the tuned setting: the same run
+                continue
+            out.append(Variant(label, ablate, variant, group="ablation", off=off))
     known = {v.label for v in out} | {v.loss for v in out} | {"ce"}
     unknown = sorted(set(params) - known)
     if unknown:
