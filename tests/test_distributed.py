@@ -216,6 +216,9 @@ def _worker_main(argv: list[str]) -> None:
         train(student(root, "skip_w2", KD, data={"batch_size": B}, runtime=SKIP))
     (root / f"writes_rank{rank}.json").write_text(json.dumps(writes))
     dist.destroy_process_group()
+    from lud.engine.distributed import exit_worker
+
+    exit_worker(0)  # as `lud train` under torchrun does: no abort at interpreter shutdown
 
 
 def torchrun(*args: str, timeout: float = 150) -> str:
@@ -300,6 +303,27 @@ def test_shard_size_matches_the_loader_padding() -> None:
             assert sorted(i for k in kept for i in k) == list(range(n)), (n, w)
     with pytest.raises(ValueError, match="rank"):
         shard_size(4, 2, 2)
+
+
+def test_exit_worker_flushes_then_exits_with_the_code(tmp_path: Path) -> None:
+    """exit_worker skips interpreter shutdown (no atexit), but nothing written is lost."""
+    script = (
+        "import atexit, logging, sys\n"
+        "from lud.engine.distributed import exit_worker\n"
+        f"h = logging.FileHandler({str(tmp_path / 'w.log')!r}); logging.getLogger('x').addHandler(h)\n"
+        "logging.getLogger('x').warning('logged')\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "sys.stdout.write('no newline'); sys.stderr.write('err')\n"
+        "exit_worker(3)\n"
+    )
+    path = os.pathsep.join(filter(None, [str(HERE.parent.parent / "src"), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert proc.returncode == 3
+    assert proc.stdout == "no newline" and proc.stderr == "err"  # buffered output flushed
+    assert (tmp_path / "w.log").read_text() == "logged\n"
 
 
 def test_single_process_helpers_are_identities() -> None:

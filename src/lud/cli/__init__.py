@@ -469,7 +469,21 @@ def _setup_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lud`` console script; returns the exit code."""
+    """Entry point of the ``lud`` console script; returns the exit code.
+
+    As a process's own entry (``argv`` None) inside a ``torchrun`` worker (``WORLD_SIZE > 1``),
+    it ends the process itself with that code once everything is written
+    (:func:`lud.engine.distributed.exit_worker`, which says why).
+    """
+    code = _main(argv)
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from ..engine.distributed import exit_worker
+
+        exit_worker(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from ..config import ConfigError
     from ..engine import RunFolderError, TrainingDivergedError
 

@@ -45,6 +45,7 @@ import time
 from typing import Any
 
 from ..config import Config, validate_config
+from . import distributed
 from .build import Run, run_data
 from .loop import run_epochs
 from .runfolder import RunFolderError, run_dir_of
@@ -96,7 +97,13 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None) -
                 tensorboard=cfg.runtime.tensorboard,
                 resume_epoch=run.start_epoch if resume else None,
             )
-        return run_epochs(run, stop_after, t_start, mlog)
+        summary = run_epochs(run, stop_after, t_start, mlog)
+        # Every rank leaves once rank 0 has written the run. It also keeps a process from reaching
+        # interpreter shutdown right after the epoch's all-gather: a gloo worker thread still
+        # releasing that gather's tensors then needs the GIL and aborts the process
+        # (``terminate called without an active exception``, pytorch/pytorch#179291).
+        distributed.barrier()
+        return summary
     finally:
         if mlog is not None:
             mlog.close()
