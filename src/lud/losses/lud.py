@@ -314,7 +314,8 @@ def temperature_correlation(
 
 # Hard ranks of a whole (N, C) matrix allocate about ten int64/float copies of it (sort values
 # and permutation, tie bookkeeping): tens of GiB for 4096 tokens x 131k vocabulary. Vectors along
-# `dim` are independent, so ranking them a chunk at a time gives the same values in bounded memory.
+# `dim` are independent, so ranking them a chunk at a time gives the same values in bounded memory
+# (rows bit for bit; column chunks may differ in the last bit, their reductions run on other strides).
 _TEMP_CHUNK_ELEMENTS = 2**22
 
 
