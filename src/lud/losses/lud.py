@@ -2,7 +2,8 @@
 
 ``L = ce_weight·CE + instance_weight·L_inst + r·(cdl_weight·L_CDL + sdl_weight·L_SDL)
 + r·s·(inter_weight·L_inter + intra_weight·L_intra)``, with ``r`` the rank warm-up ramp and
-``s = C/10`` when ``relation_class_scale`` (else 1).
+``s = C/10`` when ``relation_class_scale`` (else 1; C = the restricted class count under
+``category_top_k``, see "Large label spaces").
 
 * **confidence** ``conf_b = max_c softmax(z_T[b] / temperature)``; **class confidence**
   ``cconf_c = mean_b softmax(z_T[b] / temperature)_c``.
@@ -677,7 +678,8 @@ class LUDLoss(DistillationLoss):
         intra_weight: weight of the first-order intra-class rank term (columns of ``P``); 0 = off.
         relation_mask: also gate the inter/intra rows with the sample/class masks.
         relation_class_scale: multiply the inter/intra weights by ``C / 10`` (their gradient
-            shrinks like ``1/C``), so one weight suits 10 and 100 classes.
+            shrinks like ``1/C``), so one weight suits 10 and 100 classes; with
+            ``category_top_k``, C is the restricted class count (|K|, +1 with the folded tail).
         rank_scale: ``"linear"`` ranks the Gram entries / probabilities themselves, ``"log"``
             their logarithms (the same hard Spearman ρ, a better-conditioned soft surrogate).
         rank_grad_scale: ``"matched"`` multiplies each row's ``1 − ρ`` by
