@@ -2,6 +2,9 @@
 
 Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/loss_speed.py [--repeats 30] [--markdown out.md]
       [--compile] [--no-memory]
+      --vocab [--tokens 4096] [--vocab-size 131072] [--vocab-repeats 3]: only KD against LUD
+      restricted for language models (category_top_k=32, sample_max_rows=512), time and peak memory
+      of each in a fresh process
 
 Methods are timed round-robin (one call of each per round, rounds repeated) so that machine noise
 hits all of them alike; the table reports the median and the ratio to ``kd``. The LUD variants are
@@ -155,6 +158,56 @@ def memory_table(shapes: list[tuple[int, int]]) -> list[str]:
     return lines
 
 
+VOCAB_LUD = {"category_top_k": 32, "sample_max_rows": 512}
+VOCAB_VARIANTS: dict[str, dict[str, object]] = {
+    "kd": {},
+    "lud restricted (soft ranks)": {**VOCAB_LUD, "rank_method": "soft"},
+    "lud restricted (pearson)": {**VOCAB_LUD, "rank_method": "pearson"},
+}
+
+
+def _vocab_child(name: str, tokens: int, vocab: int, repeats: int) -> None:
+    """Peak RSS of the first forward+backward, then the median time of ``repeats`` more."""
+    params = VOCAB_VARIANTS[name]
+    make = (lambda: build_loss("kd")) if name == "kd" else (lambda: build_loss("lud", **params))
+    step = _loss_step(make(), tokens, vocab)
+    _loss_step(make(), 4, 64)()  # imports, thread pools, allocator set-up: not the loss's memory
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM, as in _peak_child
+    base = _proc_status_mb("VmRSS")
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    peak = _proc_status_mb("VmHWM") - base
+    times = [first]
+    for _ in range(repeats - 1):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"peak_mb": peak, "ms": statistics.median(times) * 1e3}))
+
+
+def vocab_table(tokens: int, vocab: int, repeats: int) -> list[str]:
+    """KD against restricted LUD on (tokens, vocab) random logits, each in a fresh process."""
+    res = {}
+    for name in VOCAB_VARIANTS:
+        cmd = [sys.executable, os.path.abspath(__file__), "--_vocab", name, str(tokens),
+               str(vocab), str(repeats)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=True)
+        res[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    kd = res["kd"]
+    lines = [f"tokens N={tokens}, vocabulary V={vocab}; LUD: category_top_k=32, "
+             "sample_max_rows=512, other options default; forward+backward, median of "
+             f"{repeats} (the first call included); peak RSS of the first call minus RSS before "
+             "it, fresh process, inputs already allocated.", "",
+             "| loss | ms | × kd | peak MB | × kd |", "|---|---|---|---|---|"]
+    for name, r in res.items():
+        lines.append(f"| {name} | {r['ms']:.0f} | {r['ms'] / kd['ms']:.2f} | "
+                     f"{r['peak_mb']:.0f} | {r['peak_mb'] / kd['peak_mb']:.2f} |")
+    lines += ["", f"float32 N×V = {tokens * vocab * 4 / 2**20:.0f} MB for scale."]
+    return lines
+
+
 def _count_ops(fn: Callable[[], None]) -> tuple[int, int, int]:
     """(all ATen ops, top-level ATen ops, fused Inductor kernels) of one call of ``fn``."""
     from torch.profiler import profile
@@ -259,10 +312,29 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time LUD under torch.compile (minutes of compilation on a CPU)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory table")
+    ap.add_argument("--vocab", action="store_true",
+                    help="only the vocabulary-size table: KD vs restricted LUD on (tokens, V)")
+    ap.add_argument("--vocab-size", type=int, default=131072)
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--vocab-repeats", type=int, default=3)
     ap.add_argument("--_peak", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--_vocab", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._peak:
         _peak_child(args._peak[0], int(args._peak[1]), int(args._peak[2]))
+        return
+    if args._vocab:
+        _vocab_child(args._vocab[0], *(int(x) for x in args._vocab[1:]))
+        return
+    if args.vocab:
+        env = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+               f"{platform.processor() or platform.machine()}")
+        text = "\n".join([f"Environment: {env}", ""]
+                         + vocab_table(args.tokens, args.vocab_size, args.vocab_repeats))
+        print(text)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text + "\n")
         return
     shapes = [(64, 100), (256, 1000)]
     env = (

@@ -56,3 +56,21 @@ def test_a_class_restriction_of_the_loss_bounds_the_class_side() -> None:
     lud.top_k = 512  # what a top-k class restriction of the loss library would expose
     assert gram_sizes(lud, rows=10, classes=32_000) == {"cdl (classes x classes)": 512**2}
     check_gram_budget(lud, rows=10, classes=32_000, max_elements=2**22)
+
+
+def test_lud_restrictions_bound_both_sides() -> None:
+    lud = build_loss("lud", category_top_k=32, sample_max_rows=512)
+    # 4096 tokens x 128k vocabulary: the union of top-32 sets is capped at 1024 (+1 tail column)
+    assert gram_sizes(lud, rows=4096, classes=131_072) == {
+        "cdl (classes x classes)": 1025**2,
+        "sdl (tokens x tokens)": 512**2,
+    }
+    check_gram_budget(lud, rows=4096, classes=131_072, max_elements=2**22)
+    # few tokens: the union holds at most rows * k classes; "drop" has no tail column
+    few = build_loss("lud", category_top_k=8, category_tail="drop")
+    assert gram_sizes(few, rows=10, classes=32_000) == {
+        "cdl (classes x classes)": 80**2,
+        "sdl (tokens x tokens)": 100,
+    }
+    with pytest.raises(ValueError, match="category_top_k=32"):
+        check_gram_budget(build_loss("lud"), rows=4096, classes=131_072, max_elements=2**22)

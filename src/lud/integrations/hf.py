@@ -31,9 +31,10 @@ Large label spaces: LUD's category term (and MLKD's class term, the released LUD
 C x C Gram matrix, the sample/batch terms an N x N one over the valid tokens. At a 32k vocabulary
 the C x C matrix alone is 4 GiB and its row ranks cost many times that, so the trainer refuses, with
 a ``ValueError`` naming the term and its size, any step whose Gram matrix would exceed
-``max_gram_elements`` (default 2**22, a 2048 x 2048 matrix). Switch the term off
-(``loss_params={"cdl_weight": 0}``), use fewer tokens per batch, or raise the bound. A loss that
-exposes a ``top_k``/``class_subset`` class restriction is measured at that size.
+``max_gram_elements`` (default 2**22, a 2048 x 2048 matrix). Restrict LUD
+(``loss_params={"category_top_k": 32, "sample_max_rows": 512}``: the category terms on the
+teacher's top classes, SDL on a row subsample; the check measures the restricted sizes), switch
+the term off (``{"cdl_weight": 0}``), use fewer tokens per batch, or raise the bound.
 """
 
 from __future__ import annotations

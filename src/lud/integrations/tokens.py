@@ -76,15 +76,18 @@ def gram_sizes(loss: nn.Module, rows: int, classes: int) -> dict[str, int]:
 
     Known losses with Gram terms: ``lud`` (``cdl``: C x C, ``sdl``: N x N), ``mlkd`` (``class``:
     C x C, ``batch``: N x N), ``lud-released`` (``cc``: C x C, ``bc``: N x N). A term switched off
-    by a zero weight allocates nothing. A ``top_k`` / ``class_subset`` attribute (a class
-    restriction of the loss) bounds the class side. Other losses: ``{}``.
+    by a zero weight allocates nothing. LUD's restrictions are taken into account:
+    ``category_top_k`` bounds the class side by ``min(C, N·k, max_categories)`` (+1 for the folded
+    tail column, ``category_tail="fold"``), ``sample_max_rows`` bounds the token side. A generic
+    ``top_k`` / ``class_subset`` int attribute on any loss caps the class side too. Other losses:
+    ``{}``.
     """
     name = getattr(loss, "registry_name", None)
-    k = classes
-    for attr in ("top_k", "class_subset"):
-        cap = getattr(loss, attr, None)
-        if isinstance(cap, int) and cap > 0:
-            k = min(k, cap)
+    k = _class_side(loss, rows, classes)
+    n = rows
+    max_rows = getattr(loss, "sample_max_rows", None)
+    if name == "lud" and isinstance(max_rows, int):
+        n = min(n, max_rows)
 
     def on(attr: str) -> bool:
         return float(getattr(loss, attr, 0.0)) > 0
@@ -94,7 +97,7 @@ def gram_sizes(loss: nn.Module, rows: int, classes: int) -> dict[str, int]:
         if on("cdl_weight"):
             sizes["cdl (classes x classes)"] = k * k
         if on("sdl_weight"):
-            sizes["sdl (tokens x tokens)"] = rows * rows
+            sizes["sdl (tokens x tokens)"] = n * n
     elif name == "mlkd":
         if on("class_weight"):
             sizes["class (classes x classes)"] = k * k
@@ -106,6 +109,21 @@ def gram_sizes(loss: nn.Module, rows: int, classes: int) -> dict[str, int]:
     return sizes
 
 
+def _class_side(loss: nn.Module, rows: int, classes: int) -> int:
+    """Side of the class x class Gram matrix: C, or the size of the loss's class restriction."""
+    k = classes
+    for attr in ("top_k", "class_subset"):
+        cap = getattr(loss, attr, None)
+        if isinstance(cap, int) and cap > 0:
+            k = min(k, cap)
+    top_k = getattr(loss, "category_top_k", None)
+    if getattr(loss, "registry_name", None) == "lud" and isinstance(top_k, int):
+        # the union of every row's top-k holds at most rows·k classes, and is capped
+        k = min(k, rows * top_k, int(loss.max_categories))
+        k += int(getattr(loss, "category_tail", "fold") == "fold")
+    return k
+
+
 def check_gram_budget(loss: nn.Module, rows: int, classes: int, max_elements: int) -> None:
     """``ValueError`` if a Gram term of ``loss`` on ``rows`` x ``classes`` exceeds ``max_elements``."""
     over = {k: v for k, v in gram_sizes(loss, rows, classes).items() if v > max_elements}
@@ -114,6 +132,7 @@ def check_gram_budget(loss: nn.Module, rows: int, classes: int, max_elements: in
         raise ValueError(
             f"loss '{getattr(loss, 'registry_name', type(loss).__name__)}' would allocate {detail} "
             f"on {rows} tokens x {classes} classes, above max_gram_elements={max_elements:,}. "
-            "Set that term's weight to 0 (e.g. cdl_weight=0 for LUD at a large vocabulary), "
-            "use fewer tokens per batch, or raise max_gram_elements if the memory is there."
+            "For LUD at a large vocabulary restrict it (category_top_k=32, sample_max_rows=512); "
+            "or set that term's weight to 0, use fewer tokens per batch, or raise "
+            "max_gram_elements if the memory is there."
         )

@@ -2,7 +2,8 @@
 
 ``L = ce_weight·CE + instance_weight·L_inst + r·(cdl_weight·L_CDL + sdl_weight·L_SDL)
 + r·s·(inter_weight·L_inter + intra_weight·L_intra)``, with ``r`` the rank warm-up ramp and
-``s = C/10`` when ``relation_class_scale`` (else 1).
+``s = C/10`` when ``relation_class_scale`` (else 1; C = the restricted class count under
+``category_top_k``, see "Large label spaces").
 
 * **confidence** ``conf_b = max_c softmax(z_T[b] / temperature)``; **class confidence**
   ``cconf_c = mean_b softmax(z_T[b] / temperature)_c``.
@@ -137,9 +138,29 @@ Open points — paper says / released code (``llieeai/lud``) does / we do:
   soft ranks (pairwise backend: O((W·B)³) time per step) on every rank, and the loss computed
   redundantly W times. Which definition is "right" is a modelling choice: the paper's median and
   Gram rows are per batch, and the batch the paper had in mind is the global one.
+* *Large label spaces* (language models: C = 32k–150k classes, thousands of tokens N). Paper and
+  released code: C ≤ 1000, nothing said / we: the C×C Gram matrix (64 GiB at C = 131k) and ranks
+  over every class cannot be computed there, so ``category_top_k=k`` restricts the
+  *category-level* parts — CDL, the intra term, class confidences, class mask, class weights
+  ``v`` and the inter term's ranks over classes — to the class set K = union over the rows of the
+  teacher's top-k classes, capped at ``max_categories`` (default 1024; beyond it the classes with
+  the largest total teacher probability over the rows stay). Their probabilities are columns of
+  the *full-vocabulary* softmax (so the student's gradient reaches every logit through the
+  normaliser), and ``category_tail="fold"`` (default) adds one column with the mass of all other
+  classes, ``1 − Σ_K p`` (``"drop"``: none). CE and the instance KL stay on the full vocabulary;
+  so do the dynamic temperature (its hard ranks are computed a chunk of rows at a time, same
+  values, bounded memory) and SDL's rows. ``relation_class_scale`` then uses |K| (+1 folded), the
+  classes actually ranked, not C/10 = 12,800. Choosing K costs one device sync per call (the
+  union's size sets a shape). ``sample_max_rows=m`` bounds SDL's N×N Gram matrix: when N > m, SDL
+  — and only SDL — sees m rows drawn without replacement by a generator seeded from
+  ``(sample_seed, calls)``, ``calls`` a counter buffer (``sample_calls``, in the ``state_dict``
+  only when the option is set) advanced by every training-mode call, so draws differ per step,
+  evaluation does not move them, and a resumed run draws what the uninterrupted run would have;
+  ``u`` and the sample mask (computed on all N rows) are restricted to the same rows. Both
+  options default to ``None``: the computation is then exactly the one above.
 * *Device syncs.* None in the default path, by inspection (not yet checked on a GPU): quantiles by
-  sort with static indices, ``where`` instead of branches on values. ``gram_reduction="flat"``
-  and ``validate=True`` sync.
+  sort with static indices, ``where`` instead of branches on values. ``gram_reduction="flat"``,
+  ``category_top_k`` (one, the class set's size) and ``validate=True`` sync.
 """
 
 from __future__ import annotations
@@ -150,7 +171,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import ranking
 from .base import DistillationLoss, LossOutput
@@ -163,6 +184,7 @@ __all__ = [
     "LUDLoss",
     "batch_quantile",
     "category_spearman_loss",
+    "category_subset",
     "class_confidence",
     "confidence_mask",
     "confidence_weights",
@@ -173,6 +195,7 @@ __all__ = [
     "map_temperature",
     "rank_correlation",
     "relation_rank_loss",
+    "restrict_columns",
     "sample_spearman_loss",
     "teacher_confidence",
     "temperature_correlation",
@@ -282,12 +305,30 @@ def temperature_correlation(
     with torch.no_grad():
         s, t = student_logits.detach(), teacher_logits.detach()
         if mode == "sample":
-            return ranking.spearman(s, t, dim=1, backend="hard").unsqueeze(1)
-        col = ranking.spearman(s, t, dim=0, backend="hard").unsqueeze(0)
+            return _hard_spearman(s, t, dim=1).unsqueeze(1)
+        col = _hard_spearman(s, t, dim=0).unsqueeze(0)
         if mode == "class":
             return col
-        row = ranking.spearman(s, t, dim=1, backend="hard").unsqueeze(1)
+        row = _hard_spearman(s, t, dim=1).unsqueeze(1)
         return 0.5 * (row + col)
+
+
+# Hard ranks of a whole (N, C) matrix allocate about ten int64/float copies of it (sort values
+# and permutation, tie bookkeeping): tens of GiB for 4096 tokens x 131k vocabulary. Vectors along
+# `dim` are independent, so ranking them a chunk at a time gives the same values in bounded memory
+# (rows bit for bit; column chunks may differ in the last bit, their reductions run on other strides).
+_TEMP_CHUNK_ELEMENTS = 2**22
+
+
+def _hard_spearman(s: Tensor, t: Tensor, dim: int) -> Tensor:
+    """Hard-rank Spearman ρ along ``dim`` of 2-D ``s`` and ``t``, in chunks of the other dim."""
+    other = 1 - dim
+    step = max(1, _TEMP_CHUNK_ELEMENTS // max(1, s.shape[dim]))
+    if step >= s.shape[other]:
+        return ranking.spearman(s, t, dim=dim, backend="hard")
+    parts = [ranking.spearman(a, b, dim=dim, backend="hard")
+             for a, b in zip(s.split(step, dim=other), t.split(step, dim=other))]
+    return torch.cat(parts)
 
 
 def map_temperature(rho: Tensor, t_min: float, t_max: float, temperature_map: TempMap) -> Tensor:
@@ -576,6 +617,51 @@ def instance_kl(
     return weighted_mean(t_row.pow(2) * kl, weights.detach())
 
 
+# --------------------------------------------------------------------------- large label spaces
+def category_subset(
+    teacher_logits: Tensor, class_mass: Tensor, top_k: int, max_categories: int
+) -> Tensor:
+    """Sorted indices of the restricted class set: the union over rows of the teacher's top-k
+    classes; if that union holds more than ``max_categories`` classes, the ``max_categories``
+    of them with the largest ``class_mass`` (total teacher probability over the rows).
+
+    No gradient. One device sync: the union's size decides the output's shape.
+    """
+    with torch.no_grad():
+        z = teacher_logits.detach()
+        classes = z.shape[1]
+        top = z.topk(min(top_k, classes), dim=1).indices.reshape(-1)
+        member = torch.zeros(classes, dtype=torch.bool, device=z.device).index_fill_(0, top, True)
+        size = min(int(member.sum()), max_categories)  # the sync
+        # members score their mass (>= 0), others -1: the top `size` scores are members only
+        score = torch.where(member, class_mass.detach().float(), torch.full_like(class_mass, -1.0))
+        return score.topk(size).indices.sort().values
+
+
+def restrict_columns(probs: Tensor, cols: Tensor, fold: bool) -> Tensor:
+    """Columns ``cols`` of row-stochastic ``probs``; with ``fold`` one more column holding the
+    rest of each row's mass, ``1 − Σ kept`` (floored at 0 against rounding). Differentiable."""
+    kept = probs.index_select(1, cols)
+    if not fold:
+        return kept
+    tail = (1.0 - kept.sum(dim=1, keepdim=True)).clamp_min(0.0)
+    return torch.cat([kept, tail], dim=1)
+
+
+def _mix_seed(seed: int, counter: int) -> int:
+    """A 64-bit generator seed from (seed, counter): distinct counters give distinct seeds."""
+    return (seed * 0x9E3779B97F4A7C15 + counter) % 2**64
+
+
+def _optional_int(name: str, value: object, low: int) -> int | None:
+    """``None`` or an int ``>= low``; ``ValueError`` naming ``name`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int or None, got {value!r}")
+    return int(check_number(name, value, low=low))
+
+
 # --------------------------------------------------------------------------- module
 @register_loss("lud")
 class LUDLoss(DistillationLoss):
@@ -592,7 +678,8 @@ class LUDLoss(DistillationLoss):
         intra_weight: weight of the first-order intra-class rank term (columns of ``P``); 0 = off.
         relation_mask: also gate the inter/intra rows with the sample/class masks.
         relation_class_scale: multiply the inter/intra weights by ``C / 10`` (their gradient
-            shrinks like ``1/C``), so one weight suits 10 and 100 classes.
+            shrinks like ``1/C``), so one weight suits 10 and 100 classes; with
+            ``category_top_k``, C is the restricted class count (|K|, +1 with the folded tail).
         rank_scale: ``"linear"`` ranks the Gram entries / probabilities themselves, ``"log"``
             their logarithms (the same hard Spearman ρ, a better-conditioned soft surrogate).
         rank_grad_scale: ``"matched"`` multiplies each row's ``1 − ρ`` by
@@ -618,6 +705,19 @@ class LUDLoss(DistillationLoss):
         rank_backend: see :mod:`lud.ranking`; ``"hard"`` gives values without gradient.
         teacher_rank: ``"hard"`` (cheaper) or ``"soft"`` (exact minimum at student == teacher).
         standardize: z-score logits (both sides) before any temperature (CE stays on raw logits).
+        category_top_k: large label spaces (language models): compute the category-level parts
+            (CDL, the intra term, class confidences, class mask and weights ``v``, the inter
+            term's ranks over classes) on the union over rows of the teacher's top-k classes
+            instead of all C classes (see "Large label spaces" above); ``None`` (default) = all.
+        max_categories: cap on that union; beyond it the classes with the largest total teacher
+            probability are kept. Must be >= ``category_top_k``.
+        category_tail: ``"fold"`` adds one column holding the probability of every class left
+            out (``1 − Σ kept``); ``"drop"`` leaves it out.
+        sample_max_rows: compute SDL (the N×N Gram term, and only it) on a seeded random subset
+            of this many rows when N is larger; ``None`` (default) = all rows. At least 2.
+        sample_seed: seed of that subset; combined with a call counter (buffer ``sample_calls``,
+            in ``state_dict``, advanced once per training-mode call) so every step draws anew
+            and a resumed run draws what the uninterrupted one would have.
         validate: input checks, passed to :class:`DistillationLoss`.
         gather: under data-parallel training, compute every term on the global batch (all ranks'
             logits); the identity in a single process. See "Distributed training" above.
@@ -660,6 +760,11 @@ class LUDLoss(DistillationLoss):
         rank_backend: str = "auto",
         teacher_rank: Literal["hard", "soft"] = "hard",
         standardize: bool = False,
+        category_top_k: int | None = None,
+        max_categories: int = 1024,
+        category_tail: Literal["fold", "drop"] = "fold",
+        sample_max_rows: int | None = None,
+        sample_seed: int = 0,
         validate: bool = True,
         gather: bool = False,
     ) -> None:
@@ -731,11 +836,61 @@ class LUDLoss(DistillationLoss):
         self.instance_mask, self.relation_mask = instance_mask, relation_mask
         self.uncertainty_weighting, self.standardize = uncertainty_weighting, standardize
         self.requires_targets = self.ce_weight > 0  # instance attribute read by forward()
+        self._init_large_label_space(category_top_k, max_categories, category_tail,
+                                     sample_max_rows, sample_seed)
         self.register_buffer("running_sample_threshold", torch.zeros(()))
         self.register_buffer("running_class_threshold", torch.zeros(()))
         self.register_buffer("running_threshold_initialized", torch.zeros((), dtype=torch.bool))
 
     # -- pieces -------------------------------------------------------------------------------
+    def _init_large_label_space(self, top_k: object, max_categories: object, tail: object,
+                                max_rows: object, seed: object) -> None:
+        """Check and store the class-set restriction and the SDL row subsample."""
+        self.category_top_k = _optional_int("category_top_k", top_k, low=1)
+        self.max_categories = _optional_int("max_categories", max_categories, low=1)
+        if self.max_categories is None:
+            raise ValueError("max_categories must be an int, got None")
+        if self.category_top_k is not None and self.max_categories < self.category_top_k:
+            raise ValueError(f"max_categories ({max_categories}) must be >= category_top_k "
+                             f"({top_k}): the cap would cut every row's own top-k")
+        check_choice("category_tail", tail, ("fold", "drop"))
+        self.category_tail = tail
+        # a 1-row subsample has a 1x1 Gram matrix: no ranking left to compare
+        self.sample_max_rows = _optional_int("sample_max_rows", max_rows, low=2)
+        self.sample_seed = _optional_int("sample_seed", seed, low=0)
+        if self.sample_seed is None:
+            raise ValueError("sample_seed must be an int, got None")
+        if self.sample_max_rows is not None:
+            # only then: state_dicts of the default loss keep their keys (old checkpoints load)
+            self._sample_calls = 0  # host mirror of the buffer: reading it needs no device sync
+            self.register_buffer("sample_calls", torch.zeros((), dtype=torch.int64))
+            self.register_load_state_dict_post_hook(_reload_sample_calls)
+
+    def _sample_rows(self, n: int, device: torch.device) -> Tensor | None:
+        """Sorted indices of the SDL rows, or ``None`` for all; advances the training counter."""
+        if self.sample_max_rows is None:
+            return None
+        calls = self._sample_calls
+        if self.training:
+            self._sample_calls += 1
+            self.sample_calls.fill_(self._sample_calls)
+        if n <= self.sample_max_rows:
+            return None
+        g = torch.Generator().manual_seed(_mix_seed(self.sample_seed, calls))
+        rows = torch.randperm(n, generator=g)[: self.sample_max_rows].sort().values
+        return rows.to(device)
+
+    def _class_statistics(self, zt: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(sample confidences, class confidences, restricted class indices or ``None``)."""
+        if self.category_top_k is None:
+            return (teacher_confidence(zt, self.temperature),
+                    class_confidence(zt, self.temperature), None)
+        with torch.no_grad():
+            p = torch.softmax(zt / self.temperature, dim=1)  # one N×C softmax for all three
+            cols = category_subset(zt, p.sum(dim=0), self.category_top_k, self.max_categories)
+            cconf = restrict_columns(p, cols, self.category_tail == "fold").mean(dim=0)
+            return p.amax(dim=1), cconf, cols
+
     def _thresholds(self, conf: Tensor, cconf: Tensor) -> tuple[Tensor, Tensor]:
         """(sample threshold, class threshold), updating the running buffers in training."""
         q_s = batch_quantile(conf, self.quantile)
@@ -780,8 +935,7 @@ class LUDLoss(DistillationLoss):
 
         # confidences, thresholds, masks, weights — all detached; from this rank's batch, or
         # from the global batch when `gather` is on (forward() has then gathered the logits)
-        conf = teacher_confidence(zt, self.temperature)
-        cconf = class_confidence(zt, self.temperature)
+        conf, cconf, cols = self._class_statistics(zt)
         thr_s, thr_c = self._thresholds(conf, cconf)
         direction, mtype, soft = self.mask_direction, self.mask_type, self.mask_softness
         if conf.shape[0] == 1 and self.threshold == "batch":
@@ -821,6 +975,12 @@ class LUDLoss(DistillationLoss):
             # one softmax per side for both Gram matrices (the standalone
             # category_/sample_spearman_loss functions each compute their own)
             ps, pt = _probs(zs, temp), _probs(zt, temp)
+            # category-level parts see the restricted class set, gathered from the full-vocabulary
+            # softmax (the student's gradient reaches the kept logits and, via the tail, the rest)
+            fold = self.category_tail == "fold"
+            cs, ct = (ps, pt) if cols is None else (restrict_columns(ps, cols, fold),
+                                                    restrict_columns(pt, cols, fold))
+        rows = self._sample_rows(zs.shape[0], zs.device)
         to_scale = _log_floor if self.rank_scale == "log" else _identity
         # DKD-style linear warm-up of every rank term (epoch is fractional in the trainer)
         ramp = min(epoch / self.rank_warmup, 1.0) if self.rank_warmup > 0 else 1.0
@@ -833,25 +993,30 @@ class LUDLoss(DistillationLoss):
 
         if self.cdl_weight > 0:
             w = v * (cmask if self.class_mask else ones_c)
-            loss, rho = rank_term(gram_correlation_loss, ps.t() @ ps, pt.t() @ pt, w, rkw)
+            loss, rho = rank_term(gram_correlation_loss, cs.t() @ cs, ct.t() @ ct, w, rkw)
             terms["cdl"] = ramp * self.cdl_weight * loss
             stats["rho_cdl"] = rho
         if self.sdl_weight > 0:
             w = u * (smask if self.sample_mask else ones_s)
-            loss, rho = rank_term(gram_correlation_loss, ps @ ps.t(), pt @ pt.t(), w, rkw)
+            qs, qt = ps, pt
+            if rows is not None:  # bounded N×N Gram: a seeded subset of rows, weights alike
+                qs, qt, w = ps.index_select(0, rows), pt.index_select(0, rows), w[rows]
+            loss, rho = rank_term(gram_correlation_loss, qs @ qs.t(), qt @ qt.t(), w, rkw)
             terms["sdl"] = ramp * self.sdl_weight * loss
             stats["rho_sdl"] = rho
 
         # relation gradients shrink like 1/C (probabilities ~1/C): C/10 keeps them comparable
-        rel = ramp * (zs.shape[1] / 10.0 if self.relation_class_scale else 1.0)
+        # (restricted: the classes actually ranked, |K| (+1 folded), not the vocabulary)
+        n_classes = cconf.shape[0]  # C, or the restricted count
+        rel = ramp * (n_classes / 10.0 if self.relation_class_scale else 1.0)
         if self.inter_weight > 0:
             w = u * (smask if self.relation_mask else ones_s)
-            loss, rho = rank_term(relation_rank_loss, ps, pt, w, rkw_rel)
+            loss, rho = rank_term(relation_rank_loss, cs, ct, w, rkw_rel)
             terms["inter"] = rel * self.inter_weight * loss
             stats["rho_inter"] = rho
         if self.intra_weight > 0:
             w = v * (cmask if self.relation_mask else ones_c)
-            loss, rho = rank_term(relation_rank_loss, ps.t(), pt.t(), w, rkw_rel)
+            loss, rho = rank_term(relation_rank_loss, cs.t(), ct.t(), w, rkw_rel)
             terms["intra"] = rel * self.intra_weight * loss
             stats["rho_intra"] = rho
 
@@ -865,6 +1030,11 @@ class LUDLoss(DistillationLoss):
             confidence_mean=conf.mean(),
         )
         return self.output(terms, stats)
+
+
+def _reload_sample_calls(module: nn.Module, incompatible: object) -> None:
+    """After ``load_state_dict``: the host copy of the SDL subsample counter follows the buffer."""
+    module._sample_calls = int(module.sample_calls)  # type: ignore[union-attr]
 
 
 @register_loss("lud-paper")
