@@ -24,3 +24,7 @@ done
   --method-params "$OUT/screen1-cnn_large_cnn_small/tuned.yaml" \
   --output-dir "$OUT/bench-screen-cnn_large_cnn_small" $ARGS
 "$LUD" report "$OUT/bench-screen-cnn_large_cnn_small"
+# the CNN pair's winner on the MLP pair, unchanged (does it transfer?)
+"$LUD" bench fashion_pairs/lud/cnn_large_mlp_tiny --methods lud --seeds 1,2,3 --jobs "$JOBS" \
+  --method-params "$OUT/screen1-cnn_large_cnn_small/tuned.yaml" \
+  --output-dir "$OUT/bench-screen-cnn_large_mlp_tiny" $ARGS
