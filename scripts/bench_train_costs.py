@@ -62,7 +62,8 @@ def _interleaved(settings: dict[str, Any], reps: int, key: str) -> None:
               f"({med / base:.2f}x the first)", flush=True)
 
 
-def views(out: Path, reps: int) -> None:
+def _views_setup(out: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """CIFAR-format data, the base config of the view benchmarks and a teacher trained on it."""
     write_cifar_like(out / "data", num_classes=10, n_train=1024, n_test=128, seed=0)
     base: dict[str, Any] = {
         "experiment": {"output_dir": str(out / "runs"), "seed": 0},
@@ -74,6 +75,11 @@ def views(out: Path, reps: int) -> None:
     }
     train(config_from_dict({**base, "experiment": {**base["experiment"], "name": "teacher"}}))
     teacher = {"name": "cnn_small", "checkpoint": str(out / "runs" / "teacher" / "best.pt")}
+    return base, teacher
+
+
+def views(out: Path, reps: int) -> None:
+    base, teacher = _views_setup(out)
 
     def setting(params: dict[str, Any], strong: dict[str, int] | None) -> Any:
         def make(name: str) -> Path:
@@ -102,17 +108,7 @@ def view_steps(out: Path, steps: int) -> None:
     from lud.engine.step import augment_views, train_step
 
     torch.set_num_threads(1)  # the steadiest figure on a shared machine
-    write_cifar_like(out / "data", num_classes=10, n_train=1024, n_test=128, seed=0)
-    base: dict[str, Any] = {
-        "experiment": {"output_dir": str(out / "runs"), "seed": 0},
-        "data": {"name": "cifar10", "root": str(out / "data"), "batch_size": 64,
-                 "eval_batch_size": 256, "augment": "cifar"},
-        "model": {"name": "cnn_small"},
-        "solver": {"epochs": 1, "lr": 0.05, "schedule": "constant"},
-        "runtime": RUNTIME,
-    }
-    train(config_from_dict({**base, "experiment": {**base["experiment"], "name": "teacher"}}))
-    teacher = {"name": "cnn_small", "checkpoint": str(out / "runs" / "teacher" / "best.pt")}
+    base, teacher = _views_setup(out)
     runs = {}
     for label, params, strong in (("one view", {}, None),
                                   ("two views", {"two_views": True},

@@ -221,14 +221,19 @@ def _worker_main(argv: list[str]) -> None:
     exit_worker(0)  # as `lud train` under torchrun does: no abort at interpreter shutdown
 
 
+def _child_env() -> dict[str, str]:
+    """This environment, with ``tests/`` on PYTHONPATH: child processes import the same lud as
+    this process (a PYTHONPATH given to pytest is kept) and can import this file."""
+    path = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def torchrun(*args: str, timeout: float = 150) -> str:
     """Run ``torchrun --standalone --nproc_per_node=2 ARGS``; its stdout+stderr.
 
     In its own session, so that a hang is ended by killing the launcher *and* its workers.
     """
-    # The workers import the same lud as this process (a PYTHONPATH given to pytest is kept).
-    path = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    env = {**_child_env(), "OMP_NUM_THREADS": "1"}
     cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={WORLD}", *args]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -316,10 +321,9 @@ def test_exit_worker_flushes_then_exits_with_the_code(tmp_path: Path) -> None:
         "sys.stdout.write('no newline'); sys.stderr.write('err')\n"
         "exit_worker(3)\n"
     )
-    path = os.pathsep.join(filter(None, [str(HERE.parent.parent / "src"), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": path},
+        env=_child_env(),
     )
     assert proc.returncode == 3
     assert proc.stdout == "no newline" and proc.stderr == "err"  # buffered output flushed

@@ -302,8 +302,8 @@ def _build_modules(run: Run, cfg: Config) -> None:
 
 
 def _check_views(run: Run, cfg: Config) -> None:
-    """Two views exactly when the loss takes them, and never with cached teacher logits
-    (validate_config says so too; this guards a Run built from an unvalidated config)."""
+    """Two views exactly when the loss takes them (cached teacher logits with two views are
+    refused in ``Run._build``, before any data is loaded)."""
     two_views = bool(getattr(run.loss, "two_views", False))
     if two_views and run.train_tf.strong is None:
         raise ConfigError(
@@ -315,8 +315,6 @@ def _check_views(run: Run, cfg: Config) -> None:
             f"data.strong_augment is set but loss '{cfg.loss.name}' takes one view: set "
             "loss.params.two_views=true (lud-released, mlkd) or remove data.strong_augment"
         )
-    if two_views and cfg.runtime.teacher_cache:
-        raise ConfigError(TWO_VIEW_CACHE_ERROR)
 
 
 def _build_optimization(run: Run, cfg: Config) -> None:

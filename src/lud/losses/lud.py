@@ -331,6 +331,13 @@ def _hard_spearman(s: Tensor, t: Tensor, dim: int) -> Tensor:
     return torch.cat(parts)
 
 
+def _batch_position(rho: Tensor) -> Tensor:
+    """``(ρ − min) / (max − min)`` over the batch; 0.5 everywhere when all ρ are equal."""
+    lo, hi = rho.min(), rho.max()
+    rng = hi - lo
+    return torch.where(rng > 1e-12, (rho - lo) / rng.clamp_min(1e-12), torch.full_like(rho, 0.5))
+
+
 def map_temperature(rho: Tensor, t_min: float, t_max: float, temperature_map: TempMap) -> Tensor:
     """Map correlations to temperatures, always within ``[t_min, t_max]``."""
     span = t_max - t_min
@@ -339,19 +346,11 @@ def map_temperature(rho: Tensor, t_min: float, t_max: float, temperature_map: Te
     elif temperature_map == "paper_normalized":
         t = t_min + span * (1.0 - torch.exp(-rho.clamp_min(0.0))) / (1.0 - math.exp(-1.0))
     elif temperature_map == "released":
-        lo, hi = rho.min(), rho.max()
-        rng = hi - lo
-        # most similar → lowest T; a batch with one similarity value sits at the midpoint
-        frac = torch.where(rng > 1e-12, (hi - rho) / rng.clamp_min(1e-12),
-                           torch.full_like(rho, 0.5))
-        t = t_min + span * frac
+        # most similar → lowest T
+        t = t_min + span * (1.0 - _batch_position(rho))
     elif temperature_map == "minmax":
         # the paper's direction (more aligned → higher T), spread over the batch's ρ range
-        lo, hi = rho.min(), rho.max()
-        rng = hi - lo
-        frac = torch.where(rng > 1e-12, (rho - lo) / rng.clamp_min(1e-12),
-                           torch.full_like(rho, 0.5))
-        t = t_min + span * frac
+        t = t_min + span * _batch_position(rho)
     elif temperature_map in ("rank", "rank_inverse"):
         # batch quantile of ρ (average ranks for ties): uniform over [t_min, t_max] whatever
         # the spread of ρ; "rank" = paper direction, "rank_inverse" = released direction
