@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -273,6 +274,65 @@ def ops_and_compile_table(
     return [f"B={b0}, C={c0}, one forward+backward:", ""] + rows + ["", "Step time:", ""] + times
 
 
+# The losses whose weights change with the epoch (warm-ups, CTKD's curriculum) and KD for scale.
+_EPOCH_LOSSES: dict[str, dict[str, object]] = {
+    "kd": {},
+    "dkd": {"warmup": 2.0},
+    "ctkd": {"curriculum_epochs": 2.0},
+    "rld": {"warmup": 2.0},
+    "lud": {"rank_backend": "linear", "rank_warmup": 2.0},
+}
+
+
+def _epoch_step(fn: Callable[..., Any], student0: torch.Tensor, teacher: torch.Tensor,
+                targets: torch.Tensor) -> Callable[[], None]:
+    epoch = torch.tensor(0.5)
+
+    def step() -> None:
+        student = student0.clone().requires_grad_(True)
+        fn(student, teacher, targets, epoch=epoch).total.backward()
+
+    return step
+
+
+def compiled_loop_table(repeats: int, batch: int = 64, classes: int = 100,
+                        steps: int = 12) -> list[str]:
+    """Each loss compiled as a training loop calls it: a new fractional epoch at every step.
+
+    Graphs: Dynamo's count after ``steps`` calls with the epoch as a Python float and as a 0-d
+    tensor (``aot_eager`` backend: recompiles are decided before the backend runs, and it
+    spares Inductor's C++ builds). Time: eager against Inductor, epoch as a tensor, one
+    forward+backward, round-robin medians.
+    """
+    from torch._dynamo.utils import counters
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(batch, classes, generator=g) * 3
+    student0 = teacher + torch.randn(batch, classes, generator=g) * 2
+    targets = torch.randint(0, classes, (batch,), generator=g)
+    rows = [f"B={batch}, C={classes}, {steps} steps at epochs 0, 0.2, 0.4, …:", "",
+            "| loss | graphs, float epoch | graphs, tensor epoch | eager ms | compiled ms | × |",
+            "|---|---|---|---|---|---|"]
+    for name, params in _EPOCH_LOSSES.items():
+        graphs = {}
+        for kind in ("float", "tensor"):
+            torch._dynamo.reset()
+            counters.clear()
+            fn = torch.compile(build_loss(name, validate=False, **params), backend="aot_eager")
+            for i in range(steps):
+                fn(student0, teacher, targets,
+                   epoch=torch.tensor(i / 5) if kind == "tensor" else i / 5)
+            graphs[kind] = counters["stats"]["unique_graphs"]
+        torch._dynamo.reset()
+        loss = build_loss(name, validate=False, **params)
+        res = _time_round_robin({"eager": _epoch_step(loss, student0, teacher, targets),
+                                 "compiled": _epoch_step(torch.compile(loss), student0, teacher,
+                                                         targets)}, repeats)
+        rows.append(f"| {name} | {graphs['float']} | {graphs['tensor']} | {res['eager']:.2f} | "
+                    f"{res['compiled']:.2f} | {res['eager'] / res['compiled']:.2f} |")
+    return rows
+
+
 def step_share(repeats: int) -> list[str]:
     """resnet8x4 SGD step vs. the LUD and KD losses at B=64, C=100."""
     torch.manual_seed(0)
@@ -350,6 +410,9 @@ def main() -> None:
         out += memory_table(shapes)
     out += ["", "Kernels:", ""]
     out += ops_and_compile_table(shapes, args.repeats, args.compile)
+    if args.compile:
+        out += ["", "Compiled inside a training loop (the epoch changes at every step):", ""]
+        out += compiled_loop_table(args.repeats)
     out += ["", "LUD's share of a training step:", ""]
     out += step_share(args.repeats)
     text = "\n".join(out)

@@ -248,14 +248,19 @@ def test_linear_degenerate_rows() -> None:
     assert soft_rank(unstd, backend="linear", standardize=False).tolist() == [[2.5] * 4]
 
 
-def test_numpy_sort_path_equals_torch_sort(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CPU fast path (numpy argsort) and torch.sort give the same ranks and gradients."""
+@pytest.mark.parametrize("n", [40, 300])  # below and above the numpy searchsorted threshold
+def test_numpy_paths_equal_torch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """The CPU fast paths (packed numpy sort, row-wise numpy searchsorted, tie bookkeeping on
+    tied rows only) and the pure-torch path give the same ranks and gradients."""
+    assert ranking._NUMPY_SEARCH_MIN_LEN <= 300
     g = torch.Generator().manual_seed(27)
-    x = torch.cat([torch.randn(5, 40, generator=g),
-                   torch.randint(0, 4, (5, 40), generator=g).float()])  # ties too
-    w = torch.randn(10, 40, generator=g)
+    x = torch.cat([torch.randn(5, n, generator=g),
+                   torch.randint(0, 4, (5, n), generator=g).float()])  # ties too
+    w = torch.randn(10, n, generator=g)
     v, order = ranking._sort_rows(x)
-    assert torch.equal(v, x.sort(dim=-1).values) and torch.equal(x.gather(-1, order), v)
+    torch_sorted = x.sort(dim=-1, stable=True)
+    # float32: the packed sort is stable, the very permutation torch's stable sort gives
+    assert torch.equal(v, torch_sorted.values) and torch.equal(order, torch_sorted.indices)
     results = []
     for fast in (True, False):
         if not fast:
@@ -267,6 +272,36 @@ def test_numpy_sort_path_equals_torch_sort(monkeypatch: pytest.MonkeyPatch) -> N
     assert torch.equal(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-5)
     torch.testing.assert_close(results[0][2], results[1][2], rtol=0, atol=1e-4)
+
+
+def test_packed_sort_orders_special_floats_like_torch() -> None:
+    specials = [-0.0, 0.0, float("inf"), -float("inf"), 1e-45, -1e-45, -3.0, 3.0, -1e38, 1e38]
+    g = torch.Generator().manual_seed(3)
+    x = torch.tensor(specials * 20)[torch.randperm(200, generator=g)].reshape(2, 100)
+    want = x.sort(dim=-1, stable=True)
+    got = ranking._packed_argsort(x)
+    assert torch.equal(got, want.indices)
+
+
+def test_numpy_searchsorted_counts_entries_at_or_below_each_query() -> None:
+    g = torch.Generator().manual_seed(4)
+    v = torch.randint(0, 50, (6, 400), generator=g).float().sort(dim=-1).values / 8
+    q = v - 0.25  # many queries fall exactly on an entry (all values are multiples of 1/8)
+    want = torch.searchsorted(v, q, right=True)
+    assert torch.equal(ranking._searchsorted_rows(v, q), want)
+    assert torch.equal(ranking._searchsorted_rows(v.double(), q.double()), want)
+
+
+def test_hard_rank_ties_in_some_rows_only() -> None:
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(8, 500, generator=g)
+    x[2, 7] = x[2, 400]  # a tie in two rows, none in the others
+    x[5, :3] = 0.5
+    assert torch.equal(hard_rank(x), torch.from_numpy(rankdata(x.numpy(), axis=-1)).float())
+    # the every-row bookkeeping (GPU and compiled path) agrees
+    v = x.sort(dim=-1).values
+    every = ranking._tie_average(v[:, 1:] == v[:, :-1], torch.arange(500), torch.float32)
+    assert torch.equal(every, torch.from_numpy(rankdata(v.numpy(), axis=-1)).float())
 
 
 def test_linear_memory_1000x1000_under_128mb() -> None:

@@ -495,6 +495,36 @@ def test_runtime_variants_run(
     assert summary["completed"] and summary["best"]["epoch"] in (2, 3)
 
 
+def test_compiled_loss_keeps_one_graph_across_epochs(env: dict[str, Path]) -> None:
+    """runtime.compile_loss: DKD's warm-up changes at every step; the epoch reaches the compiled
+    loss as a tensor, so one graph serves all 30 steps (the first step, whose input checks read
+    values back, runs eagerly) and training gives what eager training gives."""
+    from torch._dynamo.utils import counters
+
+    opts: dict[str, Any] = {
+        "loss": {"params": {"warmup": 2}},
+        "solver": {"epochs": 3},
+    }
+    torch._dynamo.reset()
+    counters.clear()
+    train(student_cfg(env, "dkd_compiled", "dkd", runtime={"compile_loss": True}, **opts))
+    graphs = counters["stats"]["unique_graphs"]
+    train(student_cfg(env, "dkd_eager", "dkd", **opts))
+    runs = env["root"] / "runs"
+    compiled = read_metrics(runs / "dkd_compiled" / "metrics.jsonl")
+    eager = read_metrics(runs / "dkd_eager" / "metrics.jsonl")
+    # 3 epochs x 10 steps: a float epoch would have compiled a graph per step
+    assert graphs == 1, graphs
+    for a, b in zip(compiled, eager, strict=True):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
+        assert a["train/term/tckd"] == pytest.approx(b["train/term/tckd"], rel=1e-3)
+    a = load_checkpoint(runs / "dkd_compiled" / "last.pt")
+    b = load_checkpoint(runs / "dkd_eager" / "last.pt")
+    assert set(a["loss"]) == set(b["loss"])  # the checkpoint holds the module, not the wrapper
+    for key in a["model"]:  # 30 SGD steps amplify the fused kernels' last-bit differences
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-2)
+
+
 def test_fp16_on_cpu_warns_and_runs(env: dict[str, Path], tmp_path: Path) -> None:
     cfg = make_cfg(
         tmp_path,

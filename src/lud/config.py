@@ -13,7 +13,7 @@ A run is described by one YAML file with the sections below (every key optional 
                  milestones, gamma, warmup_epochs, min_lr}
     runtime:    {device, amp, channels_last, compile, log_every, progress, eval_every,
                  teacher_cache, teacher_cache_dir, max_steps_per_epoch, tensorboard,
-                 dist_backend, sync_bn, data_on_device, compile_teacher, nonfinite,
+                 dist_backend, sync_bn, data_on_device, compile_teacher, compile_loss, nonfinite,
                  grad_norms_every}
 
 Inheritance: a file may say ``_base_: ../base.yaml`` (or a list of paths, applied in order),
@@ -200,6 +200,9 @@ class RuntimeConfig:
     sync_bn: bool = False
     data_on_device: bool = False
     compile_teacher: bool | None = None  # None: follow `compile`
+    # torch.compile of the loss (one graph for every epoch: the epoch reaches it as a tensor);
+    # None: follow `compile`
+    compile_loss: bool | None = None
     # a NaN/Inf in the logits, the loss or a gradient: "stop" the run (last.pt keeps the last good
     # epoch) or "skip" the step (no update; counted as train/skipped_steps; a sync per step)
     nonfinite: Literal["stop", "skip"] = "stop"

@@ -42,7 +42,10 @@ from .seeding import configure_determinism, derive_seed, seed_everything
 from .teacher import TeacherLogitCache, build_teacher
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..data import DataBundle
+    from ..losses import LossOutput
 
 __all__ = ["Run", "run_data"]
 
@@ -98,7 +101,8 @@ class Run:
     ``reduce``, ``schedule``, ``scaler`` (:func:`_build_optimization`); the progress kept in
     checkpoints (``best``, ``max_test_top1``, ``start_epoch``, ``saved_epoch``, ``wall_before``,
     ``teacher_top1``); ``cache`` (:func:`_build_teacher_cache`); ``ddp``, ``forward`` (the
-    module a training step calls) and ``eval_model`` (:func:`_wrap_and_compile`).
+    module a training step calls), ``eval_model`` and ``loss_fn`` (the loss a training step calls:
+    ``loss`` or its compiled wrapper; checkpoints keep ``loss``) (:func:`_wrap_and_compile`).
     ``train_tf.strong`` is the strong view's RandAugment when the run trains on two views
     (``data.strong_augment``); ``grad_norms`` the last step's probe (``runtime.grad_norms_every``).
     """
@@ -128,6 +132,7 @@ class Run:
         _build_optimization(self, cfg)
         self.forward: nn.Module = self.model  # set after a resume: DDP broadcasts the weights
         self.eval_model: nn.Module = self.model
+        self.loss_fn: Callable[..., LossOutput] = self.loss
         self.best_split = "val" if "val" in self.eval_loaders else "test"
         self.best: dict[str, Any] = {
             "split": self.best_split,
@@ -371,3 +376,7 @@ def _wrap_and_compile(run: Run, cfg: Config) -> None:
     compile_teacher = r.compile if r.compile_teacher is None else r.compile_teacher
     if run.teacher is not None and compile_teacher:
         run.teacher = torch.compile(run.teacher)
+    if r.compile if r.compile_loss is None else r.compile_loss:
+        # The wrapper shares the module (parameters, buffers, state_dict): only the call is
+        # compiled. step.compute_loss passes the epoch as a tensor, so every step reuses one graph.
+        run.loss_fn = torch.compile(run.loss)

@@ -149,7 +149,14 @@ def compute_loss(
     strong = {} if s2 is None else {"strong_student_logits": s2, "strong_teacher_logits": t2}
     run.grad_norms = None
     try:
-        out = run.loss(s_logits, t_logits, y, epoch=epoch + step / run.steps, **strong)
+        progress: float | Tensor = epoch + step / run.steps
+        loss_fn = run.loss_fn
+        if loss_fn is not run.loss:
+            # compiled: a Python float would be specialised on (a recompile every step)
+            progress = torch.tensor(progress, device=s_logits.device)
+            if run.loss.validate:  # the first step's input checks read values back: eager
+                loss_fn = run.loss
+        out = loss_fn(s_logits, t_logits, y, epoch=progress, **strong)
         every = run.cfg.runtime.grad_norms_every
         if every and (epoch * run.steps + step) % every == 0:
             run.grad_norms = term_grad_norms(out, students)

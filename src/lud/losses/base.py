@@ -39,18 +39,55 @@ A two-view loss called without the strong view, a one-view loss called with it, 
 two strong tensors: ``ValueError`` naming the problem. ``ce_on_both_views`` tells the caller that
 the loss itself already includes the cross-entropy of the strong view (term ``ce_strong``): a
 trainer never adds a CE of its own for either view.
+
+The epoch. ``epoch`` is a number or a 0-d tensor. Every epoch-dependent weight (DKD's and RLD's
+warm-up, CTKD's curriculum, LUD's rank warm-up) is computed with the same type it was given: a
+tensor epoch gives tensor weights and no Python float is ever made from it, so a loss under
+``torch.compile`` traces one graph for every epoch instead of specialising (recompiling) on each
+new fractional epoch a training loop passes. The values are the same either way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import torch
 from torch import Tensor, nn
 
 from .params import check_bool
 
-__all__ = ["LossOutput", "DistillationLoss", "validate_logits"]
+__all__ = ["DistillationLoss", "Epoch", "LossOutput", "linear_warmup", "validate_logits"]
+
+# A number, or a 0-d tensor (one traced graph for every epoch under torch.compile).
+Epoch: TypeAlias = float | Tensor
+
+
+def as_epoch(epoch: object) -> Epoch:
+    """``epoch`` as a float, or as a detached float32 0-d tensor if it is a tensor."""
+    if isinstance(epoch, Tensor):
+        if epoch.dim() != 0 or epoch.is_complex() or epoch.dtype == torch.bool:
+            raise ValueError(
+                f"epoch must be a number or a real 0-d tensor, got a tensor of shape "
+                f"{tuple(epoch.shape)} and dtype {epoch.dtype}"
+            )
+        return epoch.detach().float()
+    try:
+        return float(epoch)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"epoch must be a number or a 0-d tensor, got {epoch!r}") from None
+
+
+def linear_warmup(epoch: Epoch, epochs: float) -> Epoch:
+    """``min(max(epoch, 0) / epochs, 1)``; 1 when ``epochs <= 0`` (no warm-up).
+
+    A tensor ``epoch`` gives a tensor (see the module docstring), a number a float.
+    """
+    if epochs <= 0:
+        return 1.0
+    if isinstance(epoch, Tensor):
+        return (epoch.clamp_min(0.0) / epochs).clamp_max(1.0)
+    return min(max(float(epoch), 0.0) / epochs, 1.0)
 
 
 @dataclass
@@ -180,7 +217,7 @@ class DistillationLoss(nn.Module):
         student_logits: Tensor,
         teacher_logits: Tensor | None = None,
         targets: Tensor | None = None,
-        epoch: float = 0.0,
+        epoch: Epoch = 0.0,
         *,
         strong_student_logits: Tensor | None = None,
         strong_teacher_logits: Tensor | None = None,
@@ -191,6 +228,7 @@ class DistillationLoss(nn.Module):
         if self.requires_targets and targets is None:
             raise ValueError(f"loss '{name}' needs targets, got None")
         strong = self._check_views(strong_student_logits, strong_teacher_logits)
+        epoch = as_epoch(epoch)
         if isinstance(student_logits, Tensor) and student_logits.dim() == 3:
             if strong is not None:
                 raise ValueError(f"loss '{name}': two views take (N, C) logits, not (B, T, C)")
@@ -220,12 +258,12 @@ class DistillationLoss(nn.Module):
                 t = None if t is None else self._gather(t)
                 y = None if y is None else self._gather(y)
             if strong is None:
-                return self.compute(s, t, y, float(epoch))
+                return self.compute(s, t, y, epoch)
             s2, t2 = strong[0].float(), strong[1].detach().float()
             if self.gather:
                 s2 = self._gather(s2, differentiable=True, check=self.validate)
                 t2 = self._gather(t2)
-            return self.compute_two_views(s, t, y, float(epoch), s2, t2)
+            return self.compute_two_views(s, t, y, epoch, s2, t2)
 
     def _check_views(
         self, strong_student: Tensor | None, strong_teacher: Tensor | None
@@ -304,7 +342,7 @@ class DistillationLoss(nn.Module):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -313,7 +351,7 @@ class DistillationLoss(nn.Module):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
         strong_student_logits: Tensor,
         strong_teacher_logits: Tensor,
     ) -> LossOutput:  # pragma: no cover - abstract

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput
 from .registry import register_loss
 
 __all__ = ["CELoss"]
@@ -40,7 +40,7 @@ class CELoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert targets is not None
         ce = F.cross_entropy(student_logits, targets, label_smoothing=self.label_smoothing)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput
 from .kd import kd_divergence
 from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss
@@ -43,7 +43,7 @@ class _GradientReversal(torch.autograd.Function):
     """Identity forward; backward multiplies the incoming gradient by ``lambda_``."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, lambda_: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, lambda_: float | Tensor) -> Tensor:
         ctx.lambda_ = lambda_
         return x.clone()
 
@@ -52,20 +52,28 @@ class _GradientReversal(torch.autograd.Function):
         return grad * ctx.lambda_, None
 
 
-def gradient_reversal(x: Tensor, lambda_: float) -> Tensor:
+def gradient_reversal(x: Tensor, lambda_: float | Tensor) -> Tensor:
     """Gradient-reversal layer (Ganin & Lempitsky, 2015) as CTKD uses it.
 
     Forward is the identity; backward scales the gradient by ``lambda_`` (CTKD passes
     ``lambda_ <= 0``, so a descent step on ``x`` becomes an ascent step on the loss).
     """
+    if isinstance(lambda_, Tensor):
+        return _GradientReversal.apply(x, lambda_.detach())
     return _GradientReversal.apply(x, float(lambda_))
 
 
-def ctkd_lambda(epoch: float, curriculum_epochs: float = 10.0, lambda_max: float = 1.0) -> float:
+def ctkd_lambda(
+    epoch: Epoch, curriculum_epochs: float = 10.0, lambda_max: float = 1.0
+) -> Epoch:
     """Cosine curriculum of the GRL strength: 0 at ``epoch <= 0``, ``-lambda_max`` from
-    ``epoch >= curriculum_epochs`` on (``curriculum_epochs == 0``: ``-lambda_max`` at once)."""
+    ``epoch >= curriculum_epochs`` on (``curriculum_epochs == 0``: ``-lambda_max`` at once).
+    A tensor ``epoch`` gives a tensor (see :mod:`lud.losses.base`)."""
     if curriculum_epochs <= 0:
         return -lambda_max
+    if isinstance(epoch, Tensor):
+        e = epoch.clamp(0.0, curriculum_epochs)
+        return -lambda_max * 0.5 * (1.0 - torch.cos(math.pi * e / curriculum_epochs))
     e = min(max(float(epoch), 0.0), curriculum_epochs)
     return -lambda_max * 0.5 * (1.0 - math.cos(math.pi * e / curriculum_epochs))
 
@@ -130,7 +138,7 @@ class CTKDLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert teacher_logits is not None and targets is not None
         ce = F.cross_entropy(student_logits, targets)
@@ -145,7 +153,7 @@ class CTKDLoss(DistillationLoss):
         kd = kd_divergence(s, t, temp)
         return self.output(
             {"ce": self.ce_weight * ce, "kd": self.kd_weight * kd},
-            {"temperature": temp.detach(), "grl_lambda": torch.tensor(lam)},
+            {"temperature": temp.detach(), "grl_lambda": torch.as_tensor(lam)},
         )
 
     def extra_repr(self) -> str:

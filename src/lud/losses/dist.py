@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput
 from .params import non_negative_param, positive_param
 from .registry import register_loss
 
@@ -115,7 +115,7 @@ class DISTLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert teacher_logits is not None and targets is not None
         ce = F.cross_entropy(student_logits, targets)

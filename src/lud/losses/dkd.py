@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput, linear_warmup
 from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss
 from .standardize import standardize_logits
@@ -53,7 +53,9 @@ def _exclude(logits: Tensor, mask: Tensor) -> Tensor:
 def _binary_log_probs(scaled: Tensor, target_mask: Tensor) -> Tensor:
     """``log [p_target, 1 - p_target]`` of ``softmax(scaled)``, shape ``(batch, 2)``, stable."""
     lse_all = torch.logsumexp(scaled, dim=1)
-    log_target = scaled.masked_select(target_mask) - lse_all
+    # the target's logit: exact (zeros added), and a fixed shape where masked_select has a
+    # data-dependent one (a graph break under torch.compile)
+    log_target = scaled.masked_fill(~target_mask, 0.0).sum(dim=1) - lse_all
     log_rest = torch.logsumexp(_exclude(scaled, target_mask), dim=1) - lse_all
     return torch.stack([log_target, log_rest], dim=1)
 
@@ -81,11 +83,11 @@ def dkd_terms(
     return tckd * t * t, nckd * t * t
 
 
-def dkd_warmup_factor(epoch: float, warmup: float) -> float:
-    """``min(max(epoch, 0) / warmup, 1)``; ``warmup == 0`` means no warm-up (factor 1)."""
-    if warmup <= 0:
-        return 1.0
-    return min(max(float(epoch), 0.0) / warmup, 1.0)
+def dkd_warmup_factor(epoch: Epoch, warmup: float) -> Epoch:
+    """``min(max(epoch, 0) / warmup, 1)``; ``warmup == 0`` means no warm-up (factor 1).
+
+    A tensor ``epoch`` gives a tensor factor (:func:`lud.losses.base.linear_warmup`)."""
+    return linear_warmup(epoch, warmup)
 
 
 @register_loss("dkd")
@@ -128,7 +130,7 @@ class DKDLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert teacher_logits is not None and targets is not None
         ce = F.cross_entropy(student_logits, targets)
@@ -143,7 +145,7 @@ class DKDLoss(DistillationLoss):
                 "tckd": (warm * self.alpha) * tckd,
                 "nckd": (warm * self.beta) * nckd,
             },
-            {"temperature": torch.tensor(self.temperature), "warmup": torch.tensor(warm)},
+            {"temperature": torch.tensor(self.temperature), "warmup": torch.as_tensor(warm)},
         )
 
     def extra_repr(self) -> str:

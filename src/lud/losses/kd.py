@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput
 from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss
 from .standardize import standardize_logits
@@ -104,7 +104,7 @@ class KDLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert teacher_logits is not None and targets is not None
         ce = F.cross_entropy(student_logits, targets)

@@ -174,7 +174,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ranking
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput, linear_warmup
 from .params import check_bool, check_choice, check_number
 from .registry import register_loss, suggest
 from .standardize import standardize_logits
@@ -918,7 +918,7 @@ class LUDLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert teacher_logits is not None  # guaranteed by forward()
         raw_student = student_logits
@@ -982,7 +982,7 @@ class LUDLoss(DistillationLoss):
         rows = self._sample_rows(zs.shape[0], zs.device)
         to_scale = _log_floor if self.rank_scale == "log" else _identity
         # DKD-style linear warm-up of every rank term (epoch is fractional in the trainer)
-        ramp = min(epoch / self.rank_warmup, 1.0) if self.rank_warmup > 0 else 1.0
+        ramp = linear_warmup(epoch, self.rank_warmup)
         matched = self.rank_grad_scale == "matched"
 
         def rank_term(fn, xs: Tensor, xt: Tensor, w: Tensor, kw: dict) -> tuple[Tensor, Tensor]:

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput
 from .mlkd import mlkd_confidence_masks
 from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss
@@ -207,7 +207,7 @@ class LUDReleasedLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert teacher_logits is not None and targets is not None
         terms, stats, _ = self._weak_terms(student_logits, teacher_logits, targets)
@@ -218,7 +218,7 @@ class LUDReleasedLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
         strong_student_logits: Tensor,
         strong_teacher_logits: Tensor,
     ) -> LossOutput:

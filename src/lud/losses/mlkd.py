@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput
 from .kd import kl_per_sample
 from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss, suggest
@@ -179,7 +179,7 @@ class MLKDLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert teacher_logits is not None and targets is not None
         s, t = student_logits, teacher_logits
@@ -218,7 +218,7 @@ class MLKDLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
         strong_student_logits: Tensor,
         strong_teacher_logits: Tensor,
     ) -> LossOutput:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput
 from .dkd import _binary_log_probs, _exclude, dkd_warmup_factor
 from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss
@@ -115,7 +115,7 @@ class RLDLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert teacher_logits is not None and targets is not None
         ce = F.cross_entropy(student_logits, targets)
@@ -132,7 +132,7 @@ class RLDLoss(DistillationLoss):
                 "scd": (warm * self.alpha) * scd,
                 "mcd": (warm * self.beta) * mcd,
             },
-            {"warmup": torch.tensor(warm), "teacher_top_is_label": top_is_label},
+            {"warmup": torch.as_tensor(warm), "teacher_top_is_label": top_is_label},
         )
 
     def extra_repr(self) -> str:

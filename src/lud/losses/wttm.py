@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DistillationLoss, LossOutput
+from .base import DistillationLoss, Epoch, LossOutput
 from .params import non_negative_param, positive_param
 from .registry import register_loss
 
@@ -80,7 +80,7 @@ class WTTMLoss(DistillationLoss):
         student_logits: Tensor,
         teacher_logits: Tensor | None,
         targets: Tensor | None,
-        epoch: float,
+        epoch: Epoch,
     ) -> LossOutput:
         assert teacher_logits is not None and targets is not None
         weights = torch.logsumexp(self.gamma * F.log_softmax(teacher_logits, dim=1), dim=1).exp()
