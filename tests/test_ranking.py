@@ -6,6 +6,7 @@ O(n^2) autograd implementation of the pairwise-sigmoid formula written out here.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -520,3 +521,18 @@ def test_torchsort_backend() -> None:
     spearman(a, b, dim=1, strength=0.1, backend="torchsort").sum().backward()
     assert a.grad is not None and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
     assert spearman(torch.ones(2, 5), torch.randn(2, 5), backend="torchsort").tolist() == [0.0, 0.0]
+
+
+def test_center_unit_max_cpu_path_equals_inf_norms() -> None:
+    """The CPU path takes max |x - mean| from the row max and min; it must equal the inf-norm
+    (the GPU path) bit for bit, offsets and tiny spreads included."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.cat([torch.randn(4, 300, generator=g), 1e6 + torch.randn(4, 300, generator=g),
+                   1e-30 * torch.randn(4, 300, generator=g), torch.full((1, 300), 3.0)])
+    u, constant = ranking._center_unit_max(x, -1, 1e-6)
+    xc = x - x.mean(dim=-1, keepdim=True)
+    spread = torch.linalg.vector_norm(xc, ord=float("inf"), dim=-1, keepdim=True)
+    magnitude = torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, keepdim=True)
+    want_const = (spread <= 1e-6 * magnitude) | (spread < math.sqrt(torch.finfo(x.dtype).tiny))
+    assert torch.equal(constant, want_const) and bool(constant[-1]) and not bool(constant[0])
+    assert torch.equal(u, (xc / spread.masked_fill(want_const, 1.0)).masked_fill(want_const, 0.0))
