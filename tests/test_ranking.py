@@ -536,3 +536,29 @@ def test_center_unit_max_cpu_path_equals_inf_norms() -> None:
     want_const = (spread <= 1e-6 * magnitude) | (spread < math.sqrt(torch.finfo(x.dtype).tiny))
     assert torch.equal(constant, want_const) and bool(constant[-1]) and not bool(constant[0])
     assert torch.equal(u, (xc / spread.masked_fill(want_const, 1.0)).masked_fill(want_const, 0.0))
+
+
+def _opcheck_cases() -> list[tuple[str, tuple[torch.Tensor, ...]]]:
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(300, 5, generator=g).t()  # non-contiguous rows
+    v = torch.randn(4, 300, generator=g).sort(dim=-1).values
+    tied = torch.randint(0, 6, (3, 200), generator=g).double()
+    return [("argsort_rows", (x,)), ("argsort_rows", (tied,)),
+            ("searchsorted_rows", (v, v - 0.1)), ("hard_rank_rows", (x,)),
+            ("hard_rank_rows", (tied,))]
+
+
+@pytest.mark.parametrize("name, args", _opcheck_cases())
+def test_custom_ops_match_their_fake_kernels(name: str, args: tuple[torch.Tensor, ...]) -> None:
+    """The numpy kernels a compiled loss calls as `lud::` operators: schema, fake (meta)
+    kernel and dispatch consistent (torch.library.opcheck), values those of the eager path."""
+    op = getattr(torch.ops.lud, name).default
+    torch.library.opcheck(op, args)
+    got = op(*args)
+    if name == "argsort_rows":
+        assert torch.equal(args[0].gather(-1, got), args[0].sort(dim=-1).values)
+    elif name == "searchsorted_rows":
+        assert torch.equal(got, torch.searchsorted(args[0], args[1], right=True))
+    else:
+        want = rankdata(args[0].numpy(), axis=-1)
+        assert torch.equal(got, torch.from_numpy(want).to(got.dtype))

@@ -236,21 +236,28 @@ _NUMPY_SORT_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64)
 def _sort_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """``x.sort(dim=-1)`` of a 2-D tensor: (sorted values, permutation).
 
-    On CPU, outside ``torch.compile``, numpy's vectorised (AVX-512/AVX2) sort computes the
-    permutation: 6-8x faster than ``torch.sort`` here (1000 x 1000 float32: 5.5 ms against 42
-    ms, one thread). float32 rows get a stable order (:func:`_packed_argsort`); for other dtypes
-    numpy's order among equal values may differ from torch's. Every caller gives ties identical
-    results whatever their order, and each path is deterministic. Values are gathered with
-    torch, so autograd and dtypes are unchanged.
+    On CPU numpy's vectorised (AVX-512/AVX2) sort computes the permutation: 6-8x faster than
+    ``torch.sort`` here (1000 x 1000 float32: 5.5 ms against 42 ms, one thread); under
+    ``torch.compile`` through the custom operator ``lud::argsort_rows`` (an opaque call in the
+    graph, no break). float32 rows get a stable order (:func:`_packed_argsort`); for other
+    dtypes numpy's order among equal values may differ from torch's. Every caller gives ties
+    identical results whatever their order, and each path is deterministic. Values are
+    gathered with torch, so autograd and dtypes are unchanged.
     """
-    if (x.device.type == "cpu" and x.dtype in _NUMPY_SORT_DTYPES and x.dim() == 2
-            and not torch.compiler.is_compiling()):
-        if x.dtype == torch.float32:
-            order = _packed_argsort(x.detach())
+    if x.device.type == "cpu" and x.dtype in _NUMPY_SORT_DTYPES and x.dim() == 2:
+        if torch.compiler.is_compiling():
+            order = torch.ops.lud.argsort_rows(x.detach())
         else:
-            order = torch.from_numpy(x.detach().contiguous().numpy().argsort(axis=-1))
+            order = _numpy_argsort_rows(x.detach())
         return x.gather(-1, order), order
     return x.sort(dim=-1, stable=True)
+
+
+def _numpy_argsort_rows(x: Tensor) -> Tensor:
+    x = x.contiguous()  # a contiguous permutation whatever the input's strides (the fake kernel's)
+    if x.dtype == torch.float32:
+        return _packed_argsort(x)
+    return torch.from_numpy(x.contiguous().numpy().argsort(axis=-1))
 
 
 def _packed_argsort(x: Tensor) -> Tensor:
@@ -277,20 +284,51 @@ def _searchsorted_rows(v: Tensor, q: Tensor) -> Tensor:
     """``torch.searchsorted(v, q, right=True)`` for 2-D ``v`` (rows sorted) and ``q`` (rows
     sorted too).
 
-    On CPU, outside ``torch.compile``, rows of at least ``_NUMPY_SEARCH_MIN_LEN`` go through
-    numpy's row-wise ``searchsorted``, which narrows each search with the previous (sorted)
-    query's result: 1000 x 1000 float32 in 14 ms on one core against torch's 33 ms (17 ms on
-    two). Identical results (both count the entries ``<=`` each query). Not threaded: numpy
-    threads beside torch's spinning OpenMP workers made the whole loss slower, not faster.
+    On CPU rows of at least ``_NUMPY_SEARCH_MIN_LEN`` go through numpy's row-wise
+    ``searchsorted``, which narrows each search with the previous (sorted) query's result:
+    1000 x 1000 float32 in 14 ms on one core against torch's 33 ms (17 ms on two); under
+    ``torch.compile`` through the custom operator ``lud::searchsorted_rows``. Identical results
+    (both count the entries ``<=`` each query). Not threaded: numpy threads beside torch's
+    spinning OpenMP workers made the whole loss slower, not faster.
     """
     if (v.device.type != "cpu" or v.dtype not in _NUMPY_SORT_DTYPES or v.dim() != 2
-            or v.shape[-1] < _NUMPY_SEARCH_MIN_LEN or torch.compiler.is_compiling()):
+            or v.shape[-1] < _NUMPY_SEARCH_MIN_LEN):
         return torch.searchsorted(v, q, right=True)
-    vn, qn = v.detach().contiguous().numpy(), q.detach().contiguous().numpy()
+    if torch.compiler.is_compiling():
+        return torch.ops.lud.searchsorted_rows(v.detach(), q.detach())
+    return _numpy_searchsorted_rows(v.detach(), q.detach())
+
+
+def _numpy_searchsorted_rows(v: Tensor, q: Tensor) -> Tensor:
+    vn, qn = v.contiguous().numpy(), q.contiguous().numpy()
     out = np.empty(qn.shape, dtype=np.int64)
     for r in range(vn.shape[0]):
         out[r] = np.searchsorted(vn[r], qn[r], side="right")
     return torch.from_numpy(out)
+
+
+# The numpy kernels as custom operators, so that a compiled loss calls them too (an opaque call
+# in the graph) instead of torch.sort / torch.searchsorted: at B=256, C=1000 the compiled LUD
+# was slower than the eager one without them. CPU float32/float64/int32/int64 2-D only (the
+# callers check); the fake kernels give the output's shape and dtype to the tracer.
+@torch.library.custom_op("lud::argsort_rows", mutates_args=(), device_types="cpu")
+def _argsort_rows_op(x: Tensor) -> Tensor:
+    return _numpy_argsort_rows(x)
+
+
+@_argsort_rows_op.register_fake
+def _argsort_rows_fake(x: Tensor) -> Tensor:
+    return torch.empty(x.shape, dtype=torch.int64, device=x.device)
+
+
+@torch.library.custom_op("lud::searchsorted_rows", mutates_args=(), device_types="cpu")
+def _searchsorted_rows_op(v: Tensor, q: Tensor) -> Tensor:
+    return _numpy_searchsorted_rows(v, q)
+
+
+@_searchsorted_rows_op.register_fake
+def _searchsorted_rows_fake(v: Tensor, q: Tensor) -> Tensor:
+    return torch.empty(q.shape, dtype=torch.int64, device=q.device)
 
 
 def _to_rows(x: Tensor, dim: int) -> tuple[Tensor, tuple[int, ...]]:
@@ -483,10 +521,29 @@ def hard_rank(x: Tensor, dim: int = -1) -> Tensor:
         rows, shape = _to_rows(x.detach(), dim)
         if rows.numel() == 0:
             return _from_rows(rows.to(out_dtype), shape, dim)
-        ordered, order = _sort_rows(rows)
-        avg = _sorted_average_ranks(ordered, out_dtype)
-        ranks = torch.empty(order.shape, dtype=out_dtype, device=rows.device)
-        return _from_rows(_nan_rows(rows, ranks.scatter_(-1, order, avg)), shape, dim)
+        if (rows.device.type == "cpu" and rows.dtype in _NUMPY_SORT_DTYPES
+                and torch.compiler.is_compiling()):
+            ranks = torch.ops.lud.hard_rank_rows(rows)  # the eager CPU path, opaque to the graph
+        else:
+            ranks = _hard_rank_rows(rows, out_dtype)
+        return _from_rows(ranks, shape, dim)
+
+
+def _hard_rank_rows(rows: Tensor, out_dtype: torch.dtype) -> Tensor:
+    ordered, order = _sort_rows(rows)
+    avg = _sorted_average_ranks(ordered, out_dtype)
+    ranks = torch.empty(order.shape, dtype=out_dtype, device=rows.device)
+    return _nan_rows(rows, ranks.scatter_(-1, order, avg))
+
+
+@torch.library.custom_op("lud::hard_rank_rows", mutates_args=(), device_types="cpu")
+def _hard_rank_rows_op(rows: Tensor) -> Tensor:
+    return _hard_rank_rows(rows.contiguous(), _compute_dtype(rows))
+
+
+@_hard_rank_rows_op.register_fake
+def _hard_rank_rows_fake(rows: Tensor) -> Tensor:
+    return torch.empty(rows.shape, dtype=_compute_dtype(rows), device=rows.device)
 
 
 def _sorted_average_ranks(ordered: Tensor, out_dtype: torch.dtype) -> Tensor:
