@@ -157,7 +157,12 @@ Open points — paper says / released code (``llieeai/lud``) does / we do:
   only when the option is set) advanced by every training-mode call, so draws differ per step,
   evaluation does not move them, and a resumed run draws what the uninterrupted run would have;
   ``u`` and the sample mask (computed on all N rows) are restricted to the same rows. Both
-  options default to ``None``: the computation is then exactly the one above.
+  options default to ``None``: the computation is then exactly the one above. With either set,
+  the loss also spares N×V copies, the same values up to rounding: the rows are not centred when
+  the temperature is per row (``"sample"``, ``"off"``: a softmax ignores a per-row shift), and
+  the probabilities the rank terms need are exponentials of the instance term's log-softmax,
+  gathered for the kept columns / rows, instead of two more full N×V softmaxes — LUD's peak
+  memory at V = 131k is then ~KD's (docs/loss_speed.md, "Vocabulary size").
 * *Device syncs.* None in the default path, by inspection (not yet checked on a GPU): quantiles by
   sort with static indices, ``where`` instead of branches on values. ``gram_reduction="flat"``,
   ``category_top_k`` (one, the class set's size) and ``validate=True`` sync.
@@ -609,10 +614,18 @@ def instance_kl(
 ) -> Tensor:
     """Weighted mean over samples of ``T_b²·KL(p_T ‖ p_S)``; ``T_b`` is the row mean of T."""
     t = torch.as_tensor(temperature, dtype=student_logits.dtype, device=student_logits.device)
-    log_ps = F.log_softmax(student_logits / t, dim=1)
-    log_pt = F.log_softmax(teacher_logits.detach() / t, dim=1)
-    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(dim=1)
-    t_row = t.expand_as(student_logits).mean(dim=1) if t.dim() else t
+    log_ps, log_pt = _log_probs(student_logits, teacher_logits, t)
+    return instance_kl_from_log_probs(log_ps, log_pt, t, weights)
+
+
+def _log_probs(zs: Tensor, zt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    return F.log_softmax(zs / t, dim=1), F.log_softmax(zt.detach() / t, dim=1)
+
+
+def instance_kl_from_log_probs(log_ps: Tensor, log_pt: Tensor, t: Tensor, weights: Tensor) -> Tensor:
+    """:func:`instance_kl` from the log-probabilities at temperature ``t`` (a tensor)."""
+    kl = F.kl_div(log_ps, log_pt.detach(), reduction="none", log_target=True).sum(dim=1)
+    t_row = t.expand_as(log_ps).mean(dim=1) if t.dim() else t
     return weighted_mean(t_row.pow(2) * kl, weights.detach())
 
 
@@ -637,10 +650,13 @@ def category_subset(
         return score.topk(size).indices.sort().values
 
 
-def restrict_columns(probs: Tensor, cols: Tensor, fold: bool) -> Tensor:
+def restrict_columns(probs: Tensor, cols: Tensor, fold: bool, log: bool = False) -> Tensor:
     """Columns ``cols`` of row-stochastic ``probs``; with ``fold`` one more column holding the
-    rest of each row's mass, ``1 − Σ kept`` (floored at 0 against rounding). Differentiable."""
+    rest of each row's mass, ``1 − Σ kept`` (floored at 0 against rounding). Differentiable.
+    ``log``: ``probs`` holds log-probabilities; the result is probabilities all the same."""
     kept = probs.index_select(1, cols)
+    if log:
+        kept = kept.exp()
     if not fold:
         return kept
     tail = (1.0 - kept.sum(dim=1, keepdim=True)).clamp_min(0.0)
@@ -923,9 +939,11 @@ class LUDLoss(DistillationLoss):
         assert teacher_logits is not None  # guaranteed by forward()
         raw_student = student_logits
         zs, zt = student_logits, teacher_logits.detach()
+        # the large-label-space options also spare N×V copies (module docstring)
+        lean = self.category_top_k is not None or self.sample_max_rows is not None
         if self.standardize:
             zs, zt = standardize_logits(zs), standardize_logits(zt)
-        else:
+        elif not (lean and self.dynamic_temperature in ("sample", "off")):
             # Logits are defined up to a per-row constant. Softmax with one temperature per row
             # ignores it, but per-class temperatures ("class", "full") and the column ranks that
             # set them do not: centring each row makes every mode shift-invariant.
@@ -963,23 +981,35 @@ class LUDLoss(DistillationLoss):
         if self.ce_weight > 0:
             assert targets is not None
             terms["ce"] = self.ce_weight * F.cross_entropy(raw_student, targets)
+        ranked = self.cdl_weight > 0 or self.sdl_weight > 0 or self.inter_weight or self.intra_weight
+        # lean: one log-softmax per side serves the instance term and the rank terms' columns/rows
+        log_p = _log_probs(zs, zt, temp) if lean and (ranked or self.instance_weight > 0) else None
         if self.instance_weight > 0:
             w = u * (smask if self.instance_mask else ones_s)
-            terms["instance"] = self.instance_weight * instance_kl(zs, zt, temp, w)
+            kl = (instance_kl(zs, zt, temp, w) if log_p is None
+                  else instance_kl_from_log_probs(*log_p, temp, w))
+            terms["instance"] = self.instance_weight * kl
         rkw = {"reduction": self.gram_reduction, "method": self.rank_method,
                "strength": self.rank_strength, "backend": self.rank_backend,
                "teacher_rank": self.teacher_rank}
         rkw_rel = {k: v for k, v in rkw.items() if k != "reduction"}
-        if self.cdl_weight > 0 or self.sdl_weight > 0 or self.inter_weight or self.intra_weight:
-            # one softmax per side for both Gram matrices (the standalone
-            # category_/sample_spearman_loss functions each compute their own)
-            ps, pt = _probs(zs, temp), _probs(zt, temp)
+        rows = self._sample_rows(zs.shape[0], zs.device)
+        if ranked:
             # category-level parts see the restricted class set, gathered from the full-vocabulary
             # softmax (the student's gradient reaches the kept logits and, via the tail, the rest)
             fold = self.category_tail == "fold"
-            cs, ct = (ps, pt) if cols is None else (restrict_columns(ps, cols, fold),
-                                                    restrict_columns(pt, cols, fold))
-        rows = self._sample_rows(zs.shape[0], zs.device)
+            if log_p is None:
+                # one softmax per side for both Gram matrices (the standalone
+                # category_/sample_spearman_loss functions each compute their own)
+                ps, pt = _probs(zs, temp), _probs(zt, temp)
+                cs, ct = (ps, pt) if cols is None else (restrict_columns(ps, cols, fold),
+                                                        restrict_columns(pt, cols, fold))
+            else:
+                # probabilities only where the rank terms look: no further N×V tensor
+                cs, ct = ((log_p[0].exp(), log_p[1].exp()) if cols is None
+                          else (restrict_columns(log_p[0], cols, fold, log=True),
+                                restrict_columns(log_p[1], cols, fold, log=True)))
+                ps = pt = None
         to_scale = _log_floor if self.rank_scale == "log" else _identity
         # DKD-style linear warm-up of every rank term (epoch is fractional in the trainer)
         ramp = linear_warmup(epoch, self.rank_warmup)
@@ -997,9 +1027,16 @@ class LUDLoss(DistillationLoss):
             stats["rho_cdl"] = rho
         if self.sdl_weight > 0:
             w = u * (smask if self.sample_mask else ones_s)
-            qs, qt = ps, pt
             if rows is not None:  # bounded N×N Gram: a seeded subset of rows, weights alike
-                qs, qt, w = ps.index_select(0, rows), pt.index_select(0, rows), w[rows]
+                if log_p is None:
+                    qs, qt = ps.index_select(0, rows), pt.index_select(0, rows)
+                else:
+                    qs, qt = (x.index_select(0, rows).exp() for x in log_p)
+                w = w[rows]
+            elif log_p is None:
+                qs, qt = ps, pt
+            else:  # all rows: the full probabilities after all
+                qs, qt = log_p[0].exp(), log_p[1].exp()
             loss, rho = rank_term(gram_correlation_loss, qs @ qs.t(), qt @ qt.t(), w, rkw)
             terms["sdl"] = ramp * self.sdl_weight * loss
             stats["rho_sdl"] = rho
