@@ -299,6 +299,9 @@ def test_hard_rank_ties_in_some_rows_only() -> None:
     x[2, 7] = x[2, 400]  # a tie in two rows, none in the others
     x[5, :3] = 0.5
     assert torch.equal(hard_rank(x), torch.from_numpy(rankdata(x.numpy(), axis=-1)).float())
+    # groups at row ends, adjacent groups, whole-row groups: none merges across rows
+    small = torch.tensor([[1.0, 2, 2, 5, 5], [2, 2, 3, 3, 3], [7, 7, 7, 7, 7], [0, 1, 1, 9, 9]])
+    assert hard_rank(small).tolist() == rankdata(small.numpy(), axis=-1).tolist()
     # the every-row bookkeeping (GPU and compiled path) agrees
     v = x.sort(dim=-1).values
     every = ranking._tie_average(v[:, 1:] == v[:, :-1], torch.arange(500), torch.float32)
