@@ -1035,6 +1035,8 @@ class LUDLoss(DistillationLoss):
                 w = w[rows]
             elif log_p is None:
                 qs, qt = ps, pt
+            elif cols is None:  # cs, ct are the full probabilities already
+                qs, qt = cs, ct
             else:  # all rows: the full probabilities after all
                 qs, qt = log_p[0].exp(), log_p[1].exp()
             loss, rho = rank_term(gram_correlation_loss, qs @ qs.t(), qt @ qt.t(), w, rkw)
