@@ -570,9 +570,11 @@ def _sorted_average_ranks(ordered: Tensor, out_dtype: torch.dtype) -> Tensor:
     # took two thirds of this function's time on a tied 1000 x 1000 Gram matrix, and most of it on
     # 131072-wide vocabulary rows, where every row holds some ties).
     avg = (pos + 1).to(out_dtype).expand(rows, n)
-    r, c = tied.nonzero(as_tuple=True)  # entry c equals entry c + 1 in row r; row-major order
-    if r.numel() == 0:
+    with_ties = tied.any(dim=-1).nonzero().squeeze(-1)  # often none, or a few rows
+    if with_ties.numel() == 0:
         return avg
+    r, c = tied[with_ties].nonzero(as_tuple=True)  # entry c equals entry c + 1; row-major order
+    r = with_ties[r]
     # consecutive tied pairs of a row form one group: positions first .. last
     new = torch.ones_like(r, dtype=torch.bool)
     new[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1] + 1)
