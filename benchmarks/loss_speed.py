@@ -18,7 +18,9 @@ then; inputs already allocated; Linux only), and the number of ATen operations o
 forward+backward counted with ``torch.profiler`` — all of them (nested calls included) and the
 top-level ones (those not called from inside another ATen op: roughly the kernels launched).
 ``--compile`` adds LUD under ``torch.compile(fullgraph=True)``: compile time, step time and op
-count (the fused Inductor kernels counted separately).
+count (the fused Inductor kernels counted separately); and the losses whose weights depend on the
+epoch compiled the way a training loop calls them (a new fractional epoch per call): Dynamo's
+graph count with the epoch as a float and as a 0-d tensor, eager against compiled time.
 """
 
 from __future__ import annotations
