@@ -1,7 +1,7 @@
 """Forward+backward time of every registered loss, side by side, and LUD's share of a training step.
 
 Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/loss_speed.py [--repeats 30] [--markdown out.md]
-      [--compile] [--no-memory]
+      [--compile] [--no-memory] [--keep-freed-memory]
       --vocab [--tokens 4096] [--vocab-size 131072] [--vocab-repeats 3]: only KD against LUD
       restricted for language models (category_top_k=32, sample_max_rows=512), time and peak memory
       of each in a fresh process
@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from lud.engine.malloc import keep_freed_memory
 from lud.losses import available_losses, build_loss, ranking
 from lud.models import build_model
 
@@ -374,6 +375,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time LUD under torch.compile (minutes of compilation on a CPU)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory table")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="the trainer's glibc malloc settings (lud.engine.malloc) for the timed "
+                         "tables (the peak-memory children keep the defaults)")
     ap.add_argument("--vocab", action="store_true",
                     help="only the vocabulary-size table: KD vs restricted LUD on (tokens, V)")
     ap.add_argument("--vocab-size", type=int, default=131072)
@@ -399,10 +403,12 @@ def main() -> None:
                 f.write(text + "\n")
         return
     shapes = [(64, 100), (256, 1000)]
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     env = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, "
-        f"ranking backends: {', '.join(ranking.available_backends())}"
+        f"ranking backends: {', '.join(ranking.available_backends())}, "
+        f"glibc keep-freed-memory settings: {'on' if kept else 'off'}"
     )
     out = [f"Environment: {env}", "", "Forward+backward per call (median):", ""]
     out += loss_table(shapes, args.repeats)

@@ -25,6 +25,7 @@ from ..config import (
     teacher_cache_error,
 )
 from . import distributed
+from .malloc import keep_freed_memory
 from .metrics import evaluate
 from .optim import LRSchedule, build_optimizer
 from .runfolder import (
@@ -109,6 +110,8 @@ class Run:
 
     def __init__(self, cfg: Config, resume: bool) -> None:
         self.cfg = cfg
+        if cfg.runtime.keep_freed_memory:
+            keep_freed_memory()
         self.ctx: RuntimeContext = setup_runtime(cfg.runtime)
         try:
             self._build(cfg, resume)
