@@ -73,18 +73,23 @@ def _time_round_robin(
     return {k: statistics.median(v) * 1e3 for k, v in samples.items()}
 
 
-def _loss_step(
-    loss: torch.nn.Module, batch: int, classes: int, seed: int = 0
-) -> Callable[[], None]:
+def _inputs(batch: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """(teacher logits 3·randn, student logits teacher + 2·randn, uniform targets)."""
     g = torch.Generator().manual_seed(seed)
     teacher = torch.randn(batch, classes, generator=g) * 3
     student0 = teacher + torch.randn(batch, classes, generator=g) * 2
-    targets = torch.randint(0, classes, (batch,), generator=g)
+    return teacher, student0, torch.randint(0, classes, (batch,), generator=g)
+
+
+def _loss_step(loss: Callable[..., Any], batch: int, classes: int, seed: int = 0,
+               epoch: float | torch.Tensor = 30.0) -> Callable[[], None]:
+    """One forward+backward of ``loss`` (a module or its compiled wrapper) on :func:`_inputs`."""
+    teacher, student0, targets = _inputs(batch, classes, seed)
     loss.train()
 
     def step() -> None:
         student = student0.clone().requires_grad_(True)
-        loss(student, teacher, targets, epoch=30.0).total.backward()
+        loss(student, teacher, targets, epoch=epoch).total.backward()
 
     return step
 
@@ -228,10 +233,7 @@ def _count_ops(fn: Callable[[], None]) -> tuple[int, int, int]:
 
 
 def _compiled_step(loss: torch.nn.Module, batch: int, classes: int) -> Callable[[], None]:
-    g = torch.Generator().manual_seed(0)
-    teacher = torch.randn(batch, classes, generator=g) * 3
-    student0 = teacher + torch.randn(batch, classes, generator=g) * 2
-    targets = torch.randint(0, classes, (batch,), generator=g)
+    teacher, student0, targets = _inputs(batch, classes)
     loss.train()
     torch._inductor.config.cpp.enable_kernel_profile = True  # fused kernels visible to profiler
     fwd = torch.compile(lambda s, t, y: loss(s, t, y, epoch=30.0).total, fullgraph=True,
@@ -287,17 +289,6 @@ _EPOCH_LOSSES: dict[str, dict[str, object]] = {
 }
 
 
-def _epoch_step(fn: Callable[..., Any], student0: torch.Tensor, teacher: torch.Tensor,
-                targets: torch.Tensor) -> Callable[[], None]:
-    epoch = torch.tensor(0.5)
-
-    def step() -> None:
-        student = student0.clone().requires_grad_(True)
-        fn(student, teacher, targets, epoch=epoch).total.backward()
-
-    return step
-
-
 def compiled_loop_table(repeats: int, batch: int = 64, classes: int = 100,
                         steps: int = 12) -> list[str]:
     """Each loss compiled as a training loop calls it: a new fractional epoch at every step.
@@ -309,10 +300,7 @@ def compiled_loop_table(repeats: int, batch: int = 64, classes: int = 100,
     """
     from torch._dynamo.utils import counters
 
-    g = torch.Generator().manual_seed(0)
-    teacher = torch.randn(batch, classes, generator=g) * 3
-    student0 = teacher + torch.randn(batch, classes, generator=g) * 2
-    targets = torch.randint(0, classes, (batch,), generator=g)
+    teacher, student0, targets = _inputs(batch, classes)
     rows = [f"B={batch}, C={classes}, {steps} steps at epochs 0, 0.2, 0.4, …:", "",
             "| loss | graphs, float epoch | graphs, tensor epoch | eager ms | compiled ms | × |",
             "|---|---|---|---|---|---|"]
@@ -328,9 +316,10 @@ def compiled_loop_table(repeats: int, batch: int = 64, classes: int = 100,
             graphs[kind] = counters["stats"]["unique_graphs"]
         torch._dynamo.reset()
         loss = build_loss(name, validate=False, **params)
-        res = _time_round_robin({"eager": _epoch_step(loss, student0, teacher, targets),
-                                 "compiled": _epoch_step(torch.compile(loss), student0, teacher,
-                                                         targets)}, repeats)
+        epoch = torch.tensor(0.5)
+        res = _time_round_robin(
+            {"eager": _loss_step(loss, batch, classes, epoch=epoch),
+             "compiled": _loss_step(torch.compile(loss), batch, classes, epoch=epoch)}, repeats)
         rows.append(f"| {name} | {graphs['float']} | {graphs['tensor']} | {res['eager']:.2f} | "
                     f"{res['compiled']:.2f} | {res['eager'] / res['compiled']:.2f} |")
     return rows
