@@ -157,12 +157,12 @@ Open points — paper says / released code (``llieeai/lud``) does / we do:
   only when the option is set) advanced by every training-mode call, so draws differ per step,
   evaluation does not move them, and a resumed run draws what the uninterrupted run would have;
   ``u`` and the sample mask (computed on all N rows) are restricted to the same rows. Both
-  options default to ``None``: the computation is then exactly the one above. With either set
-  the loss also spares N×V copies (same values up to rounding): the rows are not centred unless
-  the temperature is per class (a softmax with one temperature per row ignores a per-row shift),
-  and the rank terms' probabilities are exponentials of the instance term's log-softmax, taken
-  only at the kept columns / SDL rows — no N×V tensor beyond KD's, whose peak LUD then matches
-  at V = 131k (docs/loss_speed.md, "Vocabulary size").
+  options default to ``None``: the computation is then exactly the one above. With either set,
+  the loss also spares N×V copies, the same values up to rounding: the rows are not centred when
+  the temperature is per row (``"sample"``, ``"off"``: a softmax ignores a per-row shift), and
+  the probabilities the rank terms need are exponentials of the instance term's log-softmax,
+  gathered for the kept columns / rows, instead of two more full N×V softmaxes — LUD's peak
+  memory at V = 131k is then ~KD's (docs/loss_speed.md, "Vocabulary size").
 * *Device syncs.* None in the default path, by inspection (not yet checked on a GPU): quantiles by
   sort with static indices, ``where`` instead of branches on values. ``gram_reduction="flat"``,
   ``category_top_k`` (one, the class set's size) and ``validate=True`` sync.
@@ -881,11 +881,6 @@ class LUDLoss(DistillationLoss):
             self.register_buffer("sample_calls", torch.zeros((), dtype=torch.int64))
             self.register_load_state_dict_post_hook(_reload_sample_calls)
 
-    @property
-    def _restricted(self) -> bool:
-        """A large-label-space option is set (the class set or the SDL rows are restricted)."""
-        return self.category_top_k is not None or self.sample_max_rows is not None
-
     def _sample_rows(self, n: int, device: torch.device) -> Tensor | None:
         """Sorted indices of the SDL rows, or ``None`` for all; advances the training counter."""
         if self.sample_max_rows is None:
@@ -944,16 +939,14 @@ class LUDLoss(DistillationLoss):
         assert teacher_logits is not None  # guaranteed by forward()
         raw_student = student_logits
         zs, zt = student_logits, teacher_logits.detach()
+        # the large-label-space options also spare N×V copies (module docstring)
+        lean = self.category_top_k is not None or self.sample_max_rows is not None
         if self.standardize:
             zs, zt = standardize_logits(zs), standardize_logits(zt)
-        elif self.dynamic_temperature in ("class", "full") or not self._restricted:
+        elif not (lean and self.dynamic_temperature in ("sample", "off")):
             # Logits are defined up to a per-row constant. Softmax with one temperature per row
-            # ignores it (and so does every other use of the logits here), but per-class
-            # temperatures and the column ranks that set them do not: centring each row makes
-            # those modes shift-invariant. Otherwise it only changes the last bits — which the
-            # unrestricted loss keeps, so its results stay bit for bit what was recorded (the
-            # README demo's LUD row moves by 0.5–1.5 points on such a change) — and copies N×C
-            # twice, which the large-label-space options spare.
+            # ignores it, but per-class temperatures ("class", "full") and the column ranks that
+            # set them do not: centring each row makes every mode shift-invariant.
             zs = zs - zs.mean(dim=1, keepdim=True)
             zt = zt - zt.mean(dim=1, keepdim=True)
 
@@ -989,14 +982,13 @@ class LUDLoss(DistillationLoss):
             assert targets is not None
             terms["ce"] = self.ce_weight * F.cross_entropy(raw_student, targets)
         ranked = self.cdl_weight > 0 or self.sdl_weight > 0 or self.inter_weight or self.intra_weight
-        # one log-softmax per side serves the instance term and, restricted, the rank terms,
-        # which then take probabilities only where they look (kept columns, SDL rows): no
-        # further N×C tensor at a vocabulary-sized C (docs/loss_speed.md, "Vocabulary size")
-        log_ps, log_pt = _log_probs(zs, zt, temp)
+        # lean: one log-softmax per side serves the instance term and the rank terms' columns/rows
+        log_p = _log_probs(zs, zt, temp) if lean and (ranked or self.instance_weight > 0) else None
         if self.instance_weight > 0:
             w = u * (smask if self.instance_mask else ones_s)
-            terms["instance"] = self.instance_weight * instance_kl_from_log_probs(
-                log_ps, log_pt, temp, w)
+            kl = (instance_kl(zs, zt, temp, w) if log_p is None
+                  else instance_kl_from_log_probs(*log_p, temp, w))
+            terms["instance"] = self.instance_weight * kl
         rkw = {"reduction": self.gram_reduction, "method": self.rank_method,
                "strength": self.rank_strength, "backend": self.rank_backend,
                "teacher_rank": self.teacher_rank}
@@ -1006,10 +998,18 @@ class LUDLoss(DistillationLoss):
             # category-level parts see the restricted class set, gathered from the full-vocabulary
             # softmax (the student's gradient reaches the kept logits and, via the tail, the rest)
             fold = self.category_tail == "fold"
-            # (unrestricted: the softmax itself, the same bits as every recorded result)
-            cs, ct = ((_probs(zs, temp), _probs(zt, temp)) if cols is None
-                      else (restrict_columns(log_ps, cols, fold, log=True),
-                            restrict_columns(log_pt, cols, fold, log=True)))
+            if log_p is None:
+                # one softmax per side for both Gram matrices (the standalone
+                # category_/sample_spearman_loss functions each compute their own)
+                ps, pt = _probs(zs, temp), _probs(zt, temp)
+                cs, ct = (ps, pt) if cols is None else (restrict_columns(ps, cols, fold),
+                                                        restrict_columns(pt, cols, fold))
+            else:
+                # probabilities only where the rank terms look: no further N×V tensor
+                cs, ct = ((log_p[0].exp(), log_p[1].exp()) if cols is None
+                          else (restrict_columns(log_p[0], cols, fold, log=True),
+                                restrict_columns(log_p[1], cols, fold, log=True)))
+                ps = pt = None
         to_scale = _log_floor if self.rank_scale == "log" else _identity
         # DKD-style linear warm-up of every rank term (epoch is fractional in the trainer)
         ramp = linear_warmup(epoch, self.rank_warmup)
@@ -1028,12 +1028,17 @@ class LUDLoss(DistillationLoss):
         if self.sdl_weight > 0:
             w = u * (smask if self.sample_mask else ones_s)
             if rows is not None:  # bounded N×N Gram: a seeded subset of rows, weights alike
-                qs, qt = (x.index_select(0, rows).exp() for x in (log_ps, log_pt))
+                if log_p is None:
+                    qs, qt = ps.index_select(0, rows), pt.index_select(0, rows)
+                else:
+                    qs, qt = (x.index_select(0, rows).exp() for x in log_p)
                 w = w[rows]
+            elif log_p is None:
+                qs, qt = ps, pt
             elif cols is None:  # cs, ct are the full probabilities already
                 qs, qt = cs, ct
-            else:
-                qs, qt = _probs(zs, temp), _probs(zt, temp)
+            else:  # all rows: the full probabilities after all
+                qs, qt = log_p[0].exp(), log_p[1].exp()
             loss, rho = rank_term(gram_correlation_loss, qs @ qs.t(), qt @ qt.t(), w, rkw)
             terms["sdl"] = ramp * self.sdl_weight * loss
             stats["rho_sdl"] = rho
