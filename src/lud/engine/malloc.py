@@ -6,10 +6,12 @@ tensor of that size page-faults all its pages in again — a cost paid on every 
 allocates dozens of 10⁶-entry buffers, and one that varies with how busy the host is. Raising the
 mmap threshold to its maximum (32 MiB on 64-bit) and the trim threshold to 1 GiB keeps freed blocks
 in the process for reuse. Both must be raised: the trim threshold alone turns off glibc's dynamic
-mmap threshold, and every large tensor is then mapped afresh (LUD at B=256, C=1000: 316 ms).
-Measured (``benchmarks/loss_speed.py --keep-freed-memory``, 2 threads, AMD EPYC VM): LUD at B=256,
-C=1000 eager 126–134 → 95–104 ms, compiled 81 → 76 ms; a resnet8x4 training step 264–278 →
-226 ms. Values are unchanged (only where memory comes from); the process keeps up to ~1 GiB of
+mmap threshold, and every large tensor is then mapped afresh. Measured on the 2-core AMD EPYC
+VM, 2 threads: ``benchmarks/lud_parts.py`` (LUD at B=256, C=1000, forward+backward) 118 ms with
+glibc's defaults, 103 ms with both thresholds, 358 ms with the trim threshold alone, 122 ms with
+the mmap threshold alone (the ``MALLOC_*`` variables); ``benchmarks/loss_speed.py
+--keep-freed-memory``: eager LUD 95.5–99.8 ms against 115–140 ms without, a resnet8x4 training
+step 231 against 264–278 ms. Values are unchanged (only where memory comes from); the process keeps up to ~1 GiB of
 freed memory instead of returning it.
 
 ``mallopt`` changes the whole process, so the loss library never calls this: the trainer does

@@ -241,7 +241,8 @@ def _sort_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """``x.sort(dim=-1)`` of a 2-D tensor: (sorted values, permutation).
 
     On CPU numpy's vectorised (AVX-512/AVX2) sort computes the permutation: 6-9x faster than
-    ``torch.sort`` here (1000 x 1000 float32: 4.5-7 ms against 42 ms, one thread); under
+    ``torch.sort`` here (1000 x 1000 float32: 4.7-7 ms against 43 ms, one thread,
+    ``benchmarks/ranking_kernels.py``); under
     ``torch.compile`` through the custom operator ``lud::argsort_rows`` (an opaque call in the
     graph, no break). numpy's order among equal values may differ from torch's (float32 rows
     of ~1000 get a stable one, :func:`_packed_argsort`); every caller gives ties identical
@@ -265,10 +266,10 @@ def _on_numpy(eager: Callable[..., Tensor], op: Callable[..., Tensor], *args: Te
     return op(*args) if torch.compiler.is_compiling() else eager(*args)
 
 
-# Where the packed-key sort beats numpy's argsort (measured, 2 cores, AMD EPYC): rows of about a
-# thousand with the keys in cache — a 1000 x 1000 Gram matrix 4.5 ms against 6.9 ms. Short rows
-# (64 x 100: 0.03 against 0.02 ms) and inputs past the cache (32 x 131072: 105 against 50 ms)
-# go to argsort.
+# Where the packed-key sort beats numpy's argsort (benchmarks/ranking_kernels.py, one thread, AMD
+# EPYC): rows of about a thousand with the keys in cache — a 1000 x 1000 Gram matrix 4.7 ms
+# against 7.0 ms. Short rows (64 x 100: 0.05 against 0.02 ms) and inputs past the cache
+# (32 x 131072: 77 against 46 ms) go to argsort.
 _PACKED_MIN_LEN = 512
 _PACKED_MAX_ELEMS = 2**21
 
@@ -307,7 +308,8 @@ def _searchsorted_rows(v: Tensor, q: Tensor) -> Tensor:
 
     On CPU rows of at least ``_NUMPY_SEARCH_MIN_LEN`` go through numpy's row-wise
     ``searchsorted``, which narrows each search with the previous (sorted) query's result:
-    1000 x 1000 float32 in 14 ms on one core against torch's 33 ms (17 ms on two); under
+    1000 x 1000 float32 in 14 ms on one core against torch's 31 ms (16 ms on two;
+    ``benchmarks/ranking_kernels.py``); under
     ``torch.compile`` through the custom operator ``lud::searchsorted_rows``. Identical results
     (both count the entries ``<=`` each query). Not threaded: numpy threads beside torch's
     spinning OpenMP workers made the whole loss slower, not faster.

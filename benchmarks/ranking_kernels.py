@@ -1,0 +1,64 @@
+"""The CPU sort and search kernels behind ``lud.losses.ranking``, against torch's, side by side.
+
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ranking_kernels.py [--repeats 21]
+
+Medians of alternating calls, ms: the packed-key sort and numpy's ``argsort`` against
+``torch.sort`` (permutation of every row) on the shapes the loss meets — a 1000×1000 Gram matrix
+of probabilities, 256×1000 and 64×100 logits, 32×131072 vocabulary rows — and numpy's row-wise
+``searchsorted`` against ``torch.searchsorted`` for the linear soft rank's window (10⁶ sorted
+queries, each row's values minus 0.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from lud.losses import ranking
+
+
+def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=21)
+    args = ap.parse_args()
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(256, 1000, generator=g) * 5 / 4, dim=1)
+    shapes = {
+        "Gram 1000x1000": probs.t() @ probs,
+        "logits 256x1000": torch.randn(256, 1000, generator=g) * 3,
+        "logits 64x100": torch.randn(64, 100, generator=g) * 3,
+        "vocabulary 32x131072": torch.randn(32, 131072, generator=g) * 3,
+    }
+    print(f"{torch.get_num_threads()} threads; ms, median of {args.repeats}\n")
+    print("| rows | packed-key sort | numpy argsort | torch.sort |")
+    print("|---|---|---|---|")
+    for name, x in shapes.items():
+        res = _race({"packed": lambda x=x: ranking._packed_argsort(x),
+                     "argsort": lambda x=x: x.numpy().argsort(axis=-1),
+                     "torch": lambda x=x: x.sort(dim=-1, stable=True)}, args.repeats)
+        print(f"| {name} | {res['packed']:.2f} | {res['argsort']:.2f} | {res['torch']:.2f} |")
+    v = ranking._standardize(shapes["Gram 1000x1000"], -1).sort(dim=-1).values
+    q = v - 0.2
+    res = _race({"numpy": lambda: ranking._numpy_searchsorted_rows(v, q),
+                 "torch": lambda: torch.searchsorted(v, q, right=True)}, args.repeats)
+    print("\n| window search, 1000x1000 | numpy row-wise | torch.searchsorted |")
+    print("|---|---|---|")
+    print(f"| ms | {res['numpy']:.2f} | {res['torch']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
