@@ -2,33 +2,21 @@
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ranking_kernels.py [--repeats 21]
 
-Medians of alternating calls, ms: the packed-key sort and numpy's ``argsort`` against
-``torch.sort`` (permutation of every row) on the shapes the loss meets — a 1000×1000 Gram matrix
-of probabilities, 256×1000 and 64×100 logits, 32×131072 vocabulary rows — and numpy's row-wise
-``searchsorted`` against ``torch.searchsorted`` for the linear soft rank's window (10⁶ sorted
-queries, each row's values minus 0.2).
+Medians of alternating calls (after 3 warm-up calls each), ms: the packed-key sort and numpy's
+``argsort`` against ``torch.sort`` (permutation of every row) on the shapes the loss meets — a
+1000×1000 Gram matrix of probabilities, 256×1000 and 64×100 logits, 32×131072 vocabulary rows —
+and numpy's row-wise ``searchsorted`` against ``torch.searchsorted`` for the linear soft rank's
+window (10⁶ sorted queries, each row's values minus 0.2).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from loss_speed import _time_round_robin  # this folder is on sys.path when run as a script
 
 from lud.losses import ranking
-
-
-def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def main() -> None:
@@ -47,13 +35,13 @@ def main() -> None:
     print("| rows | packed-key sort | numpy argsort | torch.sort |")
     print("|---|---|---|---|")
     for name, x in shapes.items():
-        res = _race({"packed": lambda x=x: ranking._packed_argsort(x),
+        res = _time_round_robin({"packed": lambda x=x: ranking._packed_argsort(x),
                      "argsort": lambda x=x: x.numpy().argsort(axis=-1),
                      "torch": lambda x=x: x.sort(dim=-1, stable=True)}, args.repeats)
         print(f"| {name} | {res['packed']:.2f} | {res['argsort']:.2f} | {res['torch']:.2f} |")
     v = ranking._standardize(shapes["Gram 1000x1000"], -1).sort(dim=-1).values
     q = v - 0.2
-    res = _race({"numpy": lambda: ranking._numpy_searchsorted_rows(v, q),
+    res = _time_round_robin({"numpy": lambda: ranking._numpy_searchsorted_rows(v, q),
                  "torch": lambda: torch.searchsorted(v, q, right=True)}, args.repeats)
     print("\n| window search, 1000x1000 | numpy row-wise | torch.searchsorted |")
     print("|---|---|---|")
