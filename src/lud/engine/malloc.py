@@ -11,8 +11,8 @@ VM, 2 threads: ``benchmarks/lud_parts.py`` (LUD at B=256, C=1000, forward+backwa
 glibc's defaults, 103 ms with both thresholds, 358 ms with the trim threshold alone, 122 ms with
 the mmap threshold alone (the ``MALLOC_*`` variables); ``benchmarks/loss_speed.py
 --keep-freed-memory``: eager LUD 95.5–99.8 ms against 115–140 ms without, a resnet8x4 training
-step 231 against 264–278 ms. Values are unchanged (only where memory comes from); the process keeps up to ~1 GiB of
-freed memory instead of returning it.
+step 231 against 264–278 ms. Values are unchanged (only where memory comes from); the process
+keeps up to ~1 GiB of freed memory instead of returning it.
 
 ``mallopt`` changes the whole process, so the loss library never calls this: the trainer does
 (``runtime.keep_freed_memory``, on by default), and a script of one's own can.
