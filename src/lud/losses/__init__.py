@@ -9,16 +9,29 @@
 # Importing the method modules registers them.
 from . import ce, ctkd, dist, dkd, kd, lud, lud_released, mlkd, rld, wttm  # noqa: E402,F401  (registration side effect)
 from .base import DistillationLoss, LossOutput, validate_logits
-from .registry import available_losses, build_loss, loss_class, register_loss
+from .registry import (
+    LossEntry,
+    available_losses,
+    build_loss,
+    loss_class,
+    loss_entries,
+    loss_entry,
+    register_loss,
+    register_preset,
+)
 from .standardize import standardize_logits  # noqa: E402
 
 __all__ = [
     "DistillationLoss",
+    "LossEntry",
     "LossOutput",
     "validate_logits",
     "available_losses",
     "build_loss",
     "loss_class",
+    "loss_entries",
+    "loss_entry",
     "register_loss",
+    "register_preset",
     "standardize_logits",
 ]

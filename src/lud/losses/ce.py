@@ -11,7 +11,11 @@ from .registry import register_loss
 __all__ = ["CELoss"]
 
 
-@register_loss("ce")
+@register_loss(
+    "ce",
+    family="teacher",
+    summary="cross-entropy alone, no teacher (a teacher, or the student alone)",
+)
 class CELoss(DistillationLoss):
     """Cross-entropy on the student logits; ``teacher_logits`` may be ``None`` and is ignored.
 

@@ -83,7 +83,11 @@ def ctkd_temperature(theta: Tensor, t_min: float, t_max: float) -> Tensor:
     return t_min + (t_max - t_min) * torch.sigmoid(theta)
 
 
-@register_loss("ctkd")
+@register_loss(
+    "ctkd",
+    bench=True,
+    summary="learnable temperature with gradient reversal (Li et al., AAAI 2023)",
+)
 class CTKDLoss(DistillationLoss):
     """CTKD (global temperature): ``ce_weight*CE + kd_weight*T^2*KL`` with adversarial ``T``.
 

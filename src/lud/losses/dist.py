@@ -82,7 +82,7 @@ def dist_relations(
     return inter, intra, row_corr, col_corr
 
 
-@register_loss("dist")
+@register_loss("dist", bench=True, summary="Pearson inter/intra relations (Huang et al., NeurIPS 2022)")
 class DISTLoss(DistillationLoss):
     """DIST: ``ce_weight*CE + beta*tau^2*inter + gamma*tau^2*intra``. Terms: ``ce, inter, intra``.
 

@@ -90,7 +90,7 @@ def dkd_warmup_factor(epoch: Epoch, warmup: float) -> Epoch:
     return linear_warmup(epoch, warmup)
 
 
-@register_loss("dkd")
+@register_loss("dkd", bench=True, summary="decoupled KD (Zhao et al., CVPR 2022)")
 class DKDLoss(DistillationLoss):
     """DKD: ``ce_weight*CE + warm(epoch) * (alpha*TCKD + beta*NCKD)``. Terms: ``ce, tckd, nckd``.
 

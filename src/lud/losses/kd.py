@@ -71,7 +71,7 @@ def kd_divergence(
     return (t2 * kl).mean()
 
 
-@register_loss("kd")
+@register_loss("kd", bench=True, summary="Hinton et al. 2015: CE + T²·KL at T = 4")
 class KDLoss(DistillationLoss):
     """Hinton KD: ``ce_weight * CE + kd_weight * T^2 * KL``. Terms: ``ce``, ``kd``.
 
@@ -124,7 +124,7 @@ class KDLoss(DistillationLoss):
         )
 
 
-@register_loss("kd+ls")
+@register_loss("kd+ls", bench=True, summary="KD on z-scored logits (Sun et al., CVPR 2024)")
 class KDLSLoss(KDLoss):
     """KD with logit standardisation, defaulting to the paper's CIFAR-100 values.
 

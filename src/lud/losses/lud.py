@@ -678,7 +678,7 @@ def _optional_int(name: str, value: object, low: int) -> int | None:
 
 
 # --------------------------------------------------------------------------- module
-@register_loss("lud")
+@register_loss("lud", family="lud", bench=True, summary="LUD, this project's tuned defaults")
 class LUDLoss(DistillationLoss):
     """Logits Uncertainty Distillation; see the module docstring for every option's rationale.
 
@@ -1075,7 +1075,7 @@ def _reload_sample_calls(module: nn.Module, incompatible: object) -> None:
     module._sample_calls = int(module.sample_calls)  # type: ignore[union-attr]
 
 
-@register_loss("lud-paper")
+@register_loss("lud-paper", family="lud", summary="LUD as the paper describes it")
 class LUDPaperLoss(LUDLoss):
     """LUD as the paper describes it (``preset="paper"``: weights 1, no first-order terms, no
     warm-up) under a name of its own, so that configs, ``lud tune`` grids and ``lud bench`` tables

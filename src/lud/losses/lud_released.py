@@ -136,7 +136,13 @@ def released_sample_temperatures(
         return torch.where(flat, torch.full_like(tau, 0.5 * (low + high)), tau)
 
 
-@register_loss("lud-released")
+@register_loss(
+    "lud-released",
+    family="lud",
+    bench=True,
+    inputs=("dense", "tokens", "two_views"),
+    summary="LUD as the authors' released code runs it",
+)
 class LUDReleasedLoss(DistillationLoss):
     """The released LUD code's objective. Terms: ``ce, cs, cc, bc`` (+ ``ce_strong, cs_strong``).
 

@@ -116,7 +116,12 @@ def batch_alignment(
     return _gram_mse(p_s @ p_s.t(), p_t @ p_t.t(), row_mask)
 
 
-@register_loss("mlkd")
+@register_loss(
+    "mlkd",
+    bench=True,
+    inputs=("dense", "tokens", "two_views"),
+    summary="multi-level KD (Jin et al., CVPR 2023)",
+)
 class MLKDLoss(DistillationLoss):
     """MLKD. Terms: ``ce``, ``instance``, ``class``, ``batch`` (+ ``ce_strong``, ``instance_strong``
     with two views).

@@ -72,7 +72,7 @@ def rld_terms(
     return scd, mcd
 
 
-@register_loss("rld")
+@register_loss("rld", bench=True, summary="refined logit distillation (2024)")
 class RLDLoss(DistillationLoss):
     """RLD: ``ce_weight·CE + warm(epoch)·(alpha·scd + beta·mcd)``. Terms: ``ce, scd, mcd``.
 

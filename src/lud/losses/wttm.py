@@ -49,7 +49,7 @@ def wttm_divergence(student_logits: Tensor, teacher_logits: Tensor, gamma: float
     return (log_norm.exp() * kl).mean()
 
 
-@register_loss("wttm")
+@register_loss("wttm", bench=True, summary="transformed teacher matching (Zheng & Yang, ICLR 2024)")
 class WTTMLoss(DistillationLoss):
     """WTTM: ``ce_weight·CE + beta·mean_b(w_b·KL(p̂_T ‖ p_S))``. Terms: ``ce``, ``wttm``.
 
