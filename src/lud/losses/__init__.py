@@ -7,7 +7,23 @@
 """
 
 # Importing the method modules registers them.
-from . import ce, ctkd, dist, dkd, kd, lud, lud_released, mlkd, rld, wttm  # noqa: E402,F401  (registration side effect)
+from . import (  # noqa: E402,F401  (registration side effect)
+    ce,
+    ctkd,
+    dist,
+    dkd,
+    fkl,
+    gjsd,
+    kd,
+    lud,
+    lud_released,
+    mlkd,
+    rkl,
+    rld,
+    skew,
+    tvd,
+    wttm,
+)
 from .base import DistillationLoss, LossOutput, validate_logits
 from .registry import (
     LossEntry,
@@ -20,6 +36,7 @@ from .registry import (
     register_preset,
 )
 from .standardize import standardize_logits  # noqa: E402
+from .token_divergence import token_divergence  # noqa: E402
 
 __all__ = [
     "DistillationLoss",
@@ -34,4 +51,5 @@ __all__ = [
     "register_loss",
     "register_preset",
     "standardize_logits",
+    "token_divergence",
 ]
