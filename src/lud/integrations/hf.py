@@ -35,6 +35,15 @@ a ``ValueError`` naming the term and its size, any step whose Gram matrix would 
 (``loss_params={"category_top_k": 32, "sample_max_rows": 512}``: the category terms on the
 teacher's top classes, SDL on a row subsample; the check measures the restricted sizes), switch
 the term off (``{"cdl_weight": 0}``), use fewer tokens per batch, or raise the bound.
+
+Vocabularies that differ by padding (e.g. 152,064 vs 151,936 output rows): pass ``vocab_size``
+(the shared vocabulary size) and both logits are cut to it; without it different widths are a
+``ValueError``. Gradient accumulation: with ``token_normalization=True`` (default) each
+micro-batch's loss is rescaled by its share of the valid tokens of the accumulated batch (the
+Trainer's ``num_items_in_batch``), so that k micro-batches equal one batch k times the size for
+every loss that is a mean over tokens; see :mod:`lud.integrations.loss_step` for that rule and for
+what it means for LUD's batch-level terms. The step itself
+(:func:`~lud.integrations.loss_step.distillation_loss_step`) is shared with the TRL integration.
 """
 
 from __future__ import annotations
@@ -49,7 +58,8 @@ from transformers import Trainer, TrainerCallback
 from lud.losses import DistillationLoss, LossOutput, build_loss
 
 from .distributed import average_gradients
-from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX, check_gram_budget, valid_rows
+from .loss_step import distillation_loss_step
+from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX
 
 __all__ = ["DistillationTrainer", "LOSS_STATE_FILE"]
 
@@ -99,6 +109,10 @@ class DistillationTrainer(Trainer):
             ``t + 1``); ``None`` (default) decides from the student's class like Hugging Face does.
         ignore_index: label value of positions that do not count (default ``-100``).
         max_gram_elements: largest Gram matrix (elements) a loss may build; see the module doc.
+        vocab_size: shared vocabulary size of a teacher and student whose logits differ by padding
+            columns; ``None`` (default): the widths must be equal.
+        token_normalization: normalise by the valid tokens of the whole accumulated batch (the
+            Trainer's ``num_items_in_batch``) rather than per micro-batch; see the module doc.
 
     Raises:
         ValueError: a two-view loss, ``loss_params`` with a built loss, a teacher that shares
@@ -119,10 +133,23 @@ class DistillationTrainer(Trainer):
         shift_labels: bool | None = None,
         ignore_index: int = IGNORE_INDEX,
         max_gram_elements: int = DEFAULT_MAX_GRAM_ELEMENTS,
+        vocab_size: int | None = None,
+        token_normalization: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = False
+        if not isinstance(token_normalization, bool):
+            raise ValueError(f"token_normalization must be a bool, got {token_normalization!r}")
+        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
+                                       or vocab_size < 2):
+            raise ValueError(f"vocab_size must be an int >= 2 or None, got {vocab_size!r}")
+        self.vocab_size = vocab_size
+        # True makes the Trainer count num_items_in_batch (the model never sees the labels: we strip
+        # them) and, with loss_is_scaled_for_ga None, not divide a normalised loss by the GA steps
+        self.model_accepts_loss_kwargs = token_normalization
+        self.token_normalization = token_normalization
+        if token_normalization:
+            self.loss_is_scaled_for_ga = None
         device = self._student_device()
         self.distillation_loss = self._build_loss(loss, loss_params).to(device)
         self.teacher_model = self._freeze(teacher_model, device)
@@ -202,18 +229,19 @@ class DistillationTrainer(Trainer):
         shift = self.shift_labels
         if shift is None:
             shift = _is_causal_lm(self.accelerator.unwrap_model(model)) and student_logits.dim() == 3
-        s, t, y = valid_rows(student_logits, teacher_logits, labels, shift=shift,
-                             ignore_index=self.ignore_index)
-        if s.shape[0] == 0:
-            # nothing to learn from: a zero that keeps the graph (DDP expects every rank to backward)
-            loss = student_logits.sum() * 0.0
-        else:
-            check_gram_budget(self.distillation_loss, s.shape[0], s.shape[1], self.max_gram_elements)
-            self.distillation_loss.train(model.training)  # running buffers move in training only
-            out = self.distillation_loss(s, t, y, epoch=float(self.state.epoch or 0.0))
-            loss = out.total
-            if model.training:
-                self._accumulate(out)
+        if not (self.token_normalization and model.training):
+            num_items_in_batch = None
+        loss, out = distillation_loss_step(
+            self.distillation_loss, student_logits, teacher_logits, labels, shift=shift,
+            epoch=float(self.state.epoch or 0.0), train=model.training, ignore_index=self.ignore_index,
+            vocab_size=self.vocab_size, max_gram_elements=self.max_gram_elements,
+            num_items_in_batch=num_items_in_batch,
+        )
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # the count is global, DDP averages the ranks' gradients: as transformers' own loss does
+            loss = loss * self.accelerator.num_processes
+        if out is not None and model.training:
+            self._accumulate(out)
         return (loss, outputs) if return_outputs else loss
 
     # -- logging --------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def valid_rows(
     what = "vocabulary size" if s.dim() == 3 else "class count"
     if t.shape[-1] != s.shape[-1]:
         raise ValueError(f"{what} mismatch: the student's logits have {s.shape[-1]}, the teacher's "
-                         f"{t.shape[-1]}; teacher and student must share one label space")
+                         f"{t.shape[-1]}; teacher and student must share one label space (if they "
+                         "differ only by padding columns, declare the shared size: vocab_size=...)")
     if t.shape != s.shape:
         axis = "sequence-length" if s.dim() == 3 and t.dim() == 3 else "shape"
         raise ValueError(f"{axis} mismatch: student logits {tuple(s.shape)}, teacher logits "
