@@ -5,6 +5,11 @@
 frozen teacher with any registered loss. Importing :mod:`lud.integrations` itself imports neither
 ``transformers`` nor ``accelerate``: the names below are resolved on first use.
 
+``lud.integrations.trl`` (the ``trl`` extra) holds
+:class:`~lud.integrations.trl.GKDDistillationTrainer`: TRL's GKD trainer (on-policy student samples
+mixed in with probability λ, sequence-level KD) with any registered loss as its divergence. Both
+share :func:`lud.integrations.loss_step.distillation_loss_step`.
+
 Only the command line may import this package (import-linter contract in ``pyproject.toml``).
 """
 
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DistillationTrainer"]
+__all__ = ["DistillationTrainer", "GKDDistillationTrainer"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +26,8 @@ def __getattr__(name: str) -> Any:
         from .hf import DistillationTrainer
 
         return DistillationTrainer
+    if name == "GKDDistillationTrainer":
+        from .trl import GKDDistillationTrainer
+
+        return GKDDistillationTrainer
     raise AttributeError(f"module 'lud.integrations' has no attribute {name!r}")

@@ -55,10 +55,10 @@ import torch
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 
-from lud.losses import DistillationLoss, LossOutput, build_loss
+from lud.losses import DistillationLoss, LossOutput
 
 from .distributed import average_gradients
-from .loss_step import distillation_loss_step
+from .loss_step import distillation_loss_step, resolve_loss
 from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX
 
 __all__ = ["DistillationTrainer", "LOSS_STATE_FILE"]
@@ -167,19 +167,7 @@ class DistillationTrainer(Trainer):
     # -- set-up ---------------------------------------------------------------------------------
     @staticmethod
     def _build_loss(loss: str | DistillationLoss, params: dict[str, Any] | None) -> DistillationLoss:
-        if isinstance(loss, str):
-            built = build_loss(loss, **(params or {}))
-        elif isinstance(loss, DistillationLoss):
-            if params:
-                raise ValueError("loss_params is only for a loss given by name; this loss is already built")
-            built = loss
-        else:
-            raise ValueError("loss must be a registered name or a DistillationLoss, "
-                             f"got {type(loss).__name__}")
-        if built.two_views:
-            raise ValueError(f"loss '{type(built).__name__}' takes two augmented views; the Trainer "
-                             "integration feeds one view (build it with two_views=False)")
-        return built
+        return resolve_loss(loss, params)
 
     def _student_device(self) -> torch.device:
         # where the Trainer put the student (args.device, unless the model was placed by the user)

@@ -29,12 +29,33 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lud.losses import DistillationLoss, LossOutput
+from lud.losses import DistillationLoss, LossOutput, build_loss
 from lud.losses.token_divergence import shared_vocabulary
 
 from .tokens import IGNORE_INDEX, check_gram_budget, valid_rows
 
-__all__ = ["distillation_loss_step"]
+__all__ = ["distillation_loss_step", "resolve_loss"]
+
+
+def resolve_loss(loss: str | DistillationLoss, params: dict[str, Any] | None) -> DistillationLoss:
+    """A built one-view loss from a registered name (with ``params``) or a built loss.
+
+    ``ValueError`` for ``params`` with a built loss, another type, or a two-view loss (the
+    integrations feed one view).
+    """
+    if isinstance(loss, str):
+        built = build_loss(loss, **(params or {}))
+    elif isinstance(loss, DistillationLoss):
+        if params:
+            raise ValueError("loss_params is only for a loss given by name; this loss is already built")
+        built = loss
+    else:
+        raise ValueError("loss must be a registered name or a DistillationLoss, "
+                         f"got {type(loss).__name__}")
+    if built.two_views:
+        raise ValueError(f"loss '{type(built).__name__}' takes two augmented views; the Trainer "
+                         "integration feeds one view (build it with two_views=False)")
+    return built
 
 
 def distillation_loss_step(
