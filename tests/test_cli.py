@@ -90,7 +90,9 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
         ("datasets", available_datasets()),
     ):
         code, out, _ = run_cli(capsys, "list", kind)
-        assert code == 0 and out.split() == names
+        assert code == 0 and [line.split()[0] for line in out.splitlines()] == names
+    _, out, _ = run_cli(capsys, "list", "losses")  # with each summary and its defaults
+    assert any(line.split()[0] == "gjsd" and "β = 0.5" in line for line in out.splitlines())
     code, out, _ = run_cli(capsys, "list")
     assert code == 0 and "losses:" in out and "models:" in out and "datasets:" in out
     assert "  lud" in out.splitlines() and "  resnet8x4" in out.splitlines()

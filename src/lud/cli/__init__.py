@@ -422,6 +422,13 @@ def _cmd_list(argv: list[str]) -> int:
         "models": available_models,
         "datasets": available_datasets,
     }
+    if args.kind == "losses":  # one line each: name and summary (its defaults)
+        from ..losses import loss_entries
+
+        entries = loss_entries()
+        width = max(len(e.name) for e in entries)
+        print("\n".join(f"{e.name:<{width}}  {e.summary}".rstrip() for e in entries))
+        return 0
     if args.kind is not None:
         print("\n".join(tables[args.kind]()))
         return 0
