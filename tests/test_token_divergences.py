@@ -201,3 +201,18 @@ def test_compiles_once_for_every_batch_and_epoch(name: str) -> None:
         torch.testing.assert_close(grads[0][1], grads[1][1])
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] == 1
+
+
+# ------------------------------------------------- what LUD's instance term would call (item 2)
+@pytest.mark.parametrize("shape", [(), (1, 1), (24, 1), (1, 13), (24, 13)])
+def test_fkl_with_lud_temperatures_is_luds_instance_kl_bit_for_bit(shape: tuple[int, ...]) -> None:
+    from lud.losses.lud import instance_kl, weighted_mean  # (after lud.py's split: its new home)
+
+    g = torch.Generator().manual_seed(4)
+    zt = torch.randn(24, 13, generator=g) * 3
+    zs = zt + torch.randn(24, 13, generator=g)
+    temp = 1.0 + 3.0 * torch.rand(shape, generator=g)
+    w = torch.rand(24, generator=g)
+    per_token = token_divergence("fkl")(zs, zt, temp)
+    t_row = temp.expand_as(zs).mean(dim=1) if temp.dim() else temp
+    assert torch.equal(weighted_mean(t_row.pow(2) * per_token, w), instance_kl(zs, zt, temp, w))

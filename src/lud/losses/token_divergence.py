@@ -4,9 +4,10 @@ Each divergence is a pure function with one signature::
 
     divergence(student_logits, teacher_logits, temperature=1.0, **params) -> Tensor  # shape (N,)
 
-on ``(N, V)`` logits: the divergence of every row, summed over the vocabulary, in float32 as
-given (callers upcast), both sides through ``log_softmax(z / T)``. ``temperature`` is a float
-(> 0), a 0-d tensor or one temperature per row (``(N,)`` / ``(N, 1)``; tensors keep their graph).
+on ``(N, V)`` logits: the divergence of every row, summed over the vocabulary, in the dtype given
+(callers upcast), both sides through ``log_softmax(z / T)``. ``temperature`` is a float (> 0), a
+0-d tensor, one temperature per row (``(N,)`` / ``(N, 1)``) or per class (``(1, V)`` / ``(N, V)``);
+tensors keep their graph. The teacher side is not detached here (callers pass a detached teacher).
 There is no ``T^2`` factor: TRL's ``generalized_jsd_loss`` (the one anchor with a temperature)
 has none, and at the language-model default ``T = 1`` it is 1 anyway.
 
@@ -100,14 +101,20 @@ def token_divergence(name: str, **params: Any) -> Callable[..., Tensor]:
 
 
 def scaled_log_softmax(logits: Tensor, temperature: float | Tensor) -> Tensor:
-    """``log_softmax(logits / T)`` over the last dimension, ``T`` a float, 0-d or per-row tensor."""
+    """``log_softmax(logits / T)`` over the last dimension of ``(N, V)`` logits.
+
+    ``T``: a float; or a tensor that is 0-d, one per row (``(N,)``), or 2-d broadcastable to the
+    logits — ``(1, 1)``, ``(N, 1)``, ``(1, V)``, ``(N, V)`` (LUD's per-sample and per-class
+    temperatures). Tensor values are not inspected (no device synchronisation), only the shape.
+    """
     if isinstance(temperature, Tensor):
         t = temperature
         if t.dim() == 1:
             t = t.unsqueeze(-1)
-        if t.dim() > 2 or (t.dim() == 2 and (t.shape[1] != 1 or t.shape[0] not in (1, logits.shape[0]))):
-            raise ValueError(f"temperature tensor must be a scalar or have shape ({logits.shape[0]},) "
-                             f"/ ({logits.shape[0]}, 1), got {tuple(temperature.shape)}")
+        n, v = logits.shape[0], logits.shape[-1]
+        if t.dim() > 2 or (t.dim() == 2 and (t.shape[0] not in (1, n) or t.shape[1] not in (1, v))):
+            raise ValueError(f"temperature tensor must be a scalar, ({n},), or 2-d broadcastable to the "
+                             f"logits ({n}, {v}), got {tuple(temperature.shape)}")
         return F.log_softmax(logits / t, dim=-1)
     return F.log_softmax(logits / positive_param("temperature", temperature), dim=-1)
 
