@@ -88,10 +88,10 @@ def _gpt2(seed: int, n_layer: int = 1) -> torch.nn.Module:
     return transformers.GPT2LMHeadModel(cfg)
 
 
-def _rows() -> list[dict[str, torch.Tensor]]:
+def _rows(prompts: tuple[int, ...] = (9, 1, 8, 2)) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     rows = []
-    for prompt in (9, 1, 8, 2):  # very uneven valid-token counts between rows
+    for prompt in prompts:  # default: very uneven valid-token counts between rows
         ids = torch.randint(0, 32, (10,), generator=g)
         labels = ids.clone()
         labels[:prompt] = -100
@@ -123,3 +123,22 @@ def test_trainer_accumulation_equals_the_large_batch(tmp_path: Path) -> None:
     torch.testing.assert_close(acc, big, rtol=1e-4, atol=1e-6)
     old = _one_step(tmp_path / "old", batch=1, accumulation=4, normalise=False)
     assert (old - big).abs().max() > 1e-4  # the per-micro-batch mean is not the large batch
+
+
+def test_trainer_counts_the_positions_it_scores(tmp_path: Path) -> None:
+    """The count is over the shifted labels (GPT-2 has no loss_type: transformers would not shift)."""
+    from lud.integrations import DistillationTrainer
+
+    student = _gpt2(2)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True,
+                                          save_strategy="no", gradient_accumulation_steps=2)
+    trainer = DistillationTrainer(model=student, teacher_model=_gpt2(1), loss="rkl", args=args)
+    rows = _rows(prompts=(0, 3, 5, 1))  # row 0 scores its first label: shifted 30, unshifted 31
+    batches = [{k: torch.stack([r[k] for r in rows[i:i + 2]]) for k in rows[0]} for i in (0, 2)]
+    count = trainer._get_num_items_in_batch(batches, torch.device("cpu"))
+    assert int(count) == sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches) == 30
+    # one micro-batch holding every position: the normalised loss is the plain mean
+    whole = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    student.train()
+    got = trainer.compute_loss(student, whole, num_items_in_batch=count)
+    torch.testing.assert_close(got, trainer.compute_loss(student, whole))

@@ -113,6 +113,8 @@ class DistillationTrainer(Trainer):
             columns; ``None`` (default): the widths must be equal.
         token_normalization: normalise by the valid tokens of the whole accumulated batch (the
             Trainer's ``num_items_in_batch``) rather than per micro-batch; see the module doc.
+            Needs transformers' count hook (``Trainer._get_num_items_in_batch``, transformers 5);
+            without it the per-micro-batch mean is used.
 
     Raises:
         ValueError: a two-view loss, ``loss_params`` with a built loss, a teacher that shares
@@ -146,6 +148,8 @@ class DistillationTrainer(Trainer):
         self.vocab_size = vocab_size
         # True makes the Trainer count num_items_in_batch (the model never sees the labels: we strip
         # them) and, with loss_is_scaled_for_ga None, not divide a normalised loss by the GA steps
+        # (transformers < 5 has no _get_num_items_in_batch hook to count with our shift: off there)
+        token_normalization = token_normalization and hasattr(Trainer, "_get_num_items_in_batch")
         self.model_accepts_loss_kwargs = token_normalization
         self.token_normalization = token_normalization
         if token_normalization:
@@ -194,6 +198,26 @@ class DistillationTrainer(Trainer):
         return optimizer
 
     # -- the loss -------------------------------------------------------------------------------
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
+        """The Trainer's count of the accumulated batch's valid positions, with our shift rule.
+
+        transformers shifts the count only for models whose ``loss_type`` is its causal-LM loss
+        (GPT-2's is unset: it would count one position per row too many); hand it the labels as
+        this trainer scores them (its ``shift_labels`` key), keep its device/rank handling.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        views = []
+        for batch in batch_samples:
+            labels = batch.get("labels") if isinstance(batch, dict) else None
+            if not isinstance(labels, Tensor):
+                views.append(batch)
+                continue
+            shift = self.shift_labels
+            if shift is None:
+                shift = labels.dim() == 2 and _is_causal_lm(model)
+            views.append({"labels": labels, "shift_labels": labels[..., 1:] if shift else labels})
+        return super()._get_num_items_in_batch(views, device)
+
     def compute_loss(
         self,
         model: nn.Module,
