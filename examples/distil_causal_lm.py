@@ -21,10 +21,11 @@ Run::
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python examples/distil_causal_lm.py           # the default
 
 ``--smoke`` (10 teacher steps, 4 student steps, one seed, CE/FKL/LUD) checks that it runs, nothing
-more (its students have not learned anything yet). The default (1,000 teacher steps, 1,000
-student steps of 8 x 32 tokens, 3 seeds, CE/KD/DIST/LUD: 12 student runs) took 7 min 14 s on the
-2-core build VM with one thread next to another benchmark; its numbers are in
-``docs/benchmarks.md`` ("A language model"), with those of 200 student steps (3 min 32 s).
+more (its students have not learned anything yet). The default is 1,000 teacher steps, then
+1,000 student steps of 8 x 32 tokens for 3 seeds of CE/FKL/KD/DIST/LUD (15 student runs). Without
+FKL (12 runs) it took 7 min 14 s on the 2-core build VM, with one thread next to another
+benchmark; each FKL student took 34–42 s more. The numbers are in ``docs/benchmarks.md`` ("A
+language model"), with those of 200 student steps (3 min 32 s).
 
 Needs the ``hf`` extra: ``pip install 'lud[hf]'``.
 """
