@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lud.losses import DistillationLoss, build_loss, loss_class, loss_entries, loss_entry
-from lud.losses import registry
+from lud.losses import DistillationLoss, build_loss, loss_class, loss_entries, loss_entry, registry
 from lud.losses.kd import KDLoss
 
 
