@@ -79,11 +79,19 @@ __all__ = [
     "run_status",
 ]
 
-#: Methods benchmarked when none are named. All one-view (the bench's single-view default):
-#: ``lud-released`` is the released objective's weak-view part (``two_views`` off).
-DEFAULT_METHODS = (
-    "kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "wttm", "rld", "lud-released", "lud",
-)
+
+def default_methods() -> tuple[str, ...]:
+    """The losses registered with ``bench=True`` (:func:`lud.losses.loss_entries`): the
+    baselines by name, then LUD's family, ``lud`` last. All run one-view (the bench's single-view
+    default): ``lud-released`` is the released objective's weak-view part (``two_views`` off)."""
+    from ..losses import loss_entries
+
+    entries = loss_entries(bench=True)
+    return tuple(e.name for e in sorted(entries, key=lambda e: (e.family == "lud", e.name == "lud", e.name)))
+
+
+#: Methods benchmarked when none are named (:func:`default_methods`, from the registry).
+DEFAULT_METHODS = default_methods()
 
 #: ``--ablate NAME``: (label, part switched off, loss parameters that switch it off).
 ABLATIONS: dict[str, tuple[tuple[str, str, dict[str, Any]], ...]] = {
