@@ -256,9 +256,13 @@ def check_resume_compatible(
 ) -> None:
     """Raise if the run being resumed differs from the checkpoint's (``num_classes``: None
     before the data are loaded)."""
+    # loss.params as given: compared value by value after resolution when the checkpoint
+    # records the resolved ones (check_resolved_params), so spelling out a default is no change
+    keys = [k for k in RESUME_KEYS
+            if k != "loss.params" or ckpt.get("resolved_loss_params") is None]
     diffs = [
         f"{k}: checkpoint {_lookup(saved, k)!r} vs now {_lookup(now, k)!r}"
-        for k in RESUME_KEYS
+        for k in keys
         if _lookup(saved, k) != _lookup(now, k)
     ]
     if num_classes is not None and int(ckpt["num_classes"]) != num_classes:
