@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import kd_project
 
 import lud
 from lud.cli import main
@@ -17,8 +18,6 @@ from lud.config import ConfigError, load_config, load_yaml, validate_config
 from lud.engine import load_checkpoint
 from lud.engine.checkpoint import save_checkpoint
 from lud.losses import build_loss
-
-from conftest import kd_project
 
 torch.set_num_threads(1)
 SOLVER = {"epochs": 2, "lr": 0.05, "schedule": "constant", "milestones": []}
