@@ -181,3 +181,27 @@ def test_a_config_names_a_users_loss_by_import_path(
         with pytest.raises(ConfigError, match="loss.name: ") as err:
             validate_config(base)
         assert fragment in str(err.value)
+
+
+def test_bench_and_tune_tables_record_them(proj: dict, tmp_path: Path) -> None:
+    import csv
+
+    cfg = str(proj["config"])
+    kd = build_loss("kd", temperature=3.0).resolved_params()
+    out = tmp_path / "bench"
+    assert main(["bench", cfg, "solver.epochs=1", "--methods", "kd", "--seeds", "0,",
+                 "--method-params", "kd.temperature=3", "--output-dir", str(out)]) == 0
+    rows = {r["label"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert json.loads(rows["kd"]["resolved_params"]) == kd
+    assert rows["kd"]["lud_version"] == lud.__version__
+    (run,) = [r for r in csv.DictReader((out / "runs.csv").open()) if r["label"] == "kd"]
+    assert json.loads(run["resolved_loss_params"]) == kd and run["lud_version"] == lud.__version__
+    assert f"- kd (lud {lud.__version__}): `{json.dumps(kd)}`" in (out / "results.md").read_text()
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("kd: {temperature: [3.0]}\n")
+    tune = tmp_path / "tune"
+    assert main(["tune", cfg, "solver.epochs=1", "--grid", str(grid), "--output-dir", str(tune)]) == 0
+    (trial,) = list(csv.DictReader((tune / "tuning.csv").open()))
+    assert json.loads(trial["resolved_params"]) == kd and trial["lud_version"] == lud.__version__
+    assert f"- kd (lud {lud.__version__}): `{json.dumps(kd)}`" in (tune / "tuning.md").read_text()
