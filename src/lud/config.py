@@ -710,9 +710,11 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 def packaged_configs(prefix: str = "") -> list[str]:
     """Names of the packaged configs (``cifar100/lud/resnet32x4_resnet8x4``) starting with
     ``prefix``, sorted; a prefix that is a folder matches inside it only. The base files that
-    configs inherit (``_base_``; file names starting with ``_``) are not configs of their own."""
-    names = (p.relative_to(CONFIGS_DIR).with_suffix("").as_posix()
-             for p in CONFIGS_DIR.rglob("*.yaml") if not p.name.startswith("_"))
+    configs inherit (``_base_``: ``_base.yaml``, ``_pairs/``; names starting with ``_``) are not
+    configs of their own."""
+    rels = (p.relative_to(CONFIGS_DIR) for p in CONFIGS_DIR.rglob("*.yaml"))
+    names = (r.with_suffix("").as_posix() for r in rels
+             if not any(part.startswith("_") for part in r.parts))
     prefix = prefix.strip("/")
     if prefix and (CONFIGS_DIR / prefix).is_dir():  # a folder: ``cifar100/lud`` not ``lud-released``
         prefix += "/"
