@@ -72,7 +72,7 @@ def test_resume_refuses_a_changed_default_unless_told(
     _rewrite_last(run, resolved_loss_params=old, lud_version="0.0.9")
     code, _, err = _cli(capsys, "train", cfg, "--name", "part", "--resume")
     assert code == 2
-    assert "loss parameter 'temperature': checkpoint 2.0 (lud 0.0.9) vs now 4.0" in err
+    assert "loss parameter 'temperature': recorded 2.0 (lud 0.0.9) vs now 4.0" in err
     assert "--allow-changed-params" in err
     assert load_checkpoint(run / "last.pt")["epoch"] == 1  # nothing written
     # keeping the checkpoint's value in the config resumes without a flag
@@ -111,10 +111,10 @@ def test_eval_says_when_the_loss_would_differ_today(
     code, out, _ = _cli(capsys, "eval", str(tmp_path / "old.pt"))
     assert code == 0
     assert f"note: trained with lud 0.0.9, whose loss differs from what lud {lud.__version__}" in out
-    assert "loss parameter 'kd_weight': checkpoint 0.5 (lud 0.0.9) vs now 0.9" in out
+    assert "loss parameter 'kd_weight': recorded 0.5 (lud 0.0.9) vs now 0.9" in out
     code, out, _ = _cli(capsys, "eval", str(tmp_path / "old.pt"), "--json")
     assert json.loads(out)["changed_params"] == [
-        f"loss parameter 'kd_weight': checkpoint 0.5 (lud 0.0.9) vs now 0.9 (lud {lud.__version__})"
+        f"loss parameter 'kd_weight': recorded 0.5 (lud 0.0.9) vs now 0.9 (lud {lud.__version__})"
     ]
 
 
@@ -197,6 +197,15 @@ def test_bench_and_tune_tables_record_them(proj: dict, tmp_path: Path) -> None:
     (run,) = [r for r in csv.DictReader((out / "runs.csv").open()) if r["label"] == "kd"]
     assert json.loads(run["resolved_loss_params"]) == kd and run["lud_version"] == lud.__version__
     assert f"- kd (lud {lud.__version__}): `{json.dumps(kd)}`" in (out / "results.md").read_text()
+    # a finished run whose loss was built otherwise (an older default) is not taken as done
+    summary_path = out / "kd" / "seed0" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["resolved_loss_params"]["kd_weight"], summary["lud_version"] = 0.5, "0.0.9"
+    summary_path.write_text(json.dumps(summary))
+    from lud.experiments.bench import plan_bench
+
+    with pytest.raises(ValueError, match=r"loss parameter 'kd_weight': recorded 0.5 \(lud 0.0.9\)"):
+        plan_bench(cfg, ["kd"], "0,", ["solver.epochs=1"], out, method_params=["kd.temperature=3"])
 
     grid = tmp_path / "grid.yaml"
     grid.write_text("kd: {temperature: [3.0]}\n")

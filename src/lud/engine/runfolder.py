@@ -112,7 +112,7 @@ def diff_resolved_params(
     one the code builds now, naming the parameter and both values."""
     keys = [*saved, *(k for k in now if k not in saved)]
     return [
-        f"loss parameter '{k}': checkpoint {saved.get(k, '(absent)')!r} (lud {saved_version}) "
+        f"loss parameter '{k}': recorded {saved.get(k, '(absent)')!r} (lud {saved_version}) "
         f"vs now {now.get(k, '(absent)')!r} (lud {__version__})"
         for k in keys
         if saved.get(k, _ABSENT) != now.get(k, _ABSENT)

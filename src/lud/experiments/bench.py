@@ -126,6 +126,7 @@ _EXECUTION_KEYS = frozenset(
         "runtime.channels_last",
         "runtime.teacher_cache",
         "runtime.grad_norms_every",  # the probe only reads gradients (tests/test_gradnorms.py)
+        "runtime.allow_changed_params",  # what resuming may accept, not what a run computes
     }
 )
 
@@ -432,7 +433,31 @@ def prepare_run(cfg: Config, what: str) -> tuple[Path, str, int]:
                 + "\n  ".join(diffs)
                 + "\ndelete it or use another --output-dir"
             )
+    if status == "done":
+        _check_recorded_params(run_dir, cfg)
     return run_dir, status, done
+
+
+def _check_recorded_params(run_dir: Path, cfg: Config) -> None:
+    """A finished run counts only if its loss was built as today's code builds it from ``cfg``
+    (``summary.json``'s resolved parameters; runs of versions that did not record them pass)."""
+    from ..engine.runfolder import diff_resolved_params
+    from ..losses import build_loss
+    from .runs import _read_json
+
+    summary = _read_json(run_dir / "summary.json")
+    saved = summary.get("resolved_loss_params")
+    if saved is None:
+        return
+    now = build_loss(cfg.loss.name, **cfg.loss.params).resolved_params()
+    diffs = diff_resolved_params(saved, now, str(summary.get("lud_version", "?")))
+    if diffs:
+        raise ValueError(
+            f"run folder {run_dir} was trained with other loss parameters than the code builds "
+            "today (a default changed, see CHANGELOG.md):\n  " + "\n  ".join(diffs)
+            + "\nset them with --method-params to keep the old values, or delete it or use "
+            "another --output-dir"
+        )
 
 
 def _run_config(base: Config, v: Variant, seed: int, bench_dir: Path) -> Config:
