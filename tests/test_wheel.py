@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "src" / "lud" / "configs").rglob("*.yaml"))
+CONFIGS = sorted((ROOT / "src" / "lud" / "configs").rglob("*.yaml"))  # configs and their bases
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -62,7 +62,11 @@ def test_the_wheel_ships_the_configs_and_trains(tmp_path: Path) -> None:
     lud = str(env_dir / "bin" / "lud")
     names = _run([lud, "list", "configs", "mnist5k/ce"], work, env).split()
     assert names == ["mnist5k/ce/cnn_large", "mnist5k/ce/cnn_small", "mnist5k/ce/mlp_tiny"]
-    assert len(_run([lud, "list", "configs"], work, env).split()) == len(CONFIGS)
+    bases = [p for p in CONFIGS if any(part.startswith("_") for part in p.parts[-2:])]
+    assert len(_run([lud, "list", "configs"], work, env).split()) == len(CONFIGS) - len(bases)
+    # a packaged config inherits its bases (_base_) inside the installed wheel too
+    shown = _run([lud, "config", "show", "cifar100/lud/resnet32x4_resnet8x4"], work, env)
+    assert "epochs: 240" in shown and "inter_weight: 3.2" in shown
 
     out = _run([lud, "train", "mnist5k/ce/mlp_tiny", "solver.epochs=1", "data.subset=200",
                 "runtime.device=cpu", "runtime.max_steps_per_epoch=2", "--output-dir", "runs"],

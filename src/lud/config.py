@@ -14,7 +14,12 @@ A run is described by one YAML file with the sections below (every key optional 
     runtime:    {device, amp, channels_last, compile, log_every, progress, eval_every,
                  teacher_cache, teacher_cache_dir, max_steps_per_epoch, tensorboard,
                  dist_backend, sync_bn, data_on_device, compile_teacher, compile_loss, nonfinite,
-                 grad_norms_every, keep_freed_memory}
+                 grad_norms_every, keep_freed_memory, allow_changed_params}
+
+``loss.name`` is a registered name (``lud list losses``) or the import path of a user's own loss
+class, ``my_pkg.my_mod:MyLoss`` (a :class:`lud.losses.DistillationLoss` subclass).
+:func:`resolved_config_dict` is a config with every loss parameter resolved (what a run folder's
+``resolved.yaml`` holds and ``lud config show`` prints).
 
 Inheritance: a file may say ``_base_: ../base.yaml`` (or a list of paths, applied in order),
 relative to the file itself. Mappings merge key by key, recursively; lists and scalars are
@@ -63,6 +68,7 @@ __all__ = [
     "load_yaml",
     "packaged_configs",
     "resolve_config",
+    "resolved_config_dict",
     "validate_config",
 ]
 
@@ -212,6 +218,10 @@ class RuntimeConfig:
     # glibc: keep freed CPU memory for the next tensor instead of page-faulting it in again
     # (lud.engine.malloc; LUD at B=256, C=1000 on CPU ~25 % faster); values are unchanged
     keep_freed_memory: bool = True
+    # resuming: continue although the loss's resolved parameters differ from those the checkpoint
+    # recorded (a default changed between versions); the run then goes on with today's values.
+    # Off: resume refuses and names the parameter (`lud train --resume --allow-changed-params`)
+    allow_changed_params: bool = False
 
 
 @dataclass
@@ -621,11 +631,11 @@ def _validate_registries(cfg: Config) -> None:
     from .data import available_datasets
     from .data.augment import AUGMENTATIONS
     from .data.build import DATA_OPTIONS
-    from .losses import available_losses, build_loss
+    from .losses import build_loss, loss_entry
     from .losses.registry import suggest
     from .models.registry import resolve_model_name
 
-    datasets, losses = available_datasets(), available_losses()
+    datasets = available_datasets()
     key = cfg.data.name.strip().lower().replace("-", "_")  # the spellings build_data accepts
     _check(key in datasets, f"unknown dataset '{cfg.data.name}'.{suggest(key, datasets)}")
     allowed = DATA_OPTIONS.get(key, ())
@@ -649,9 +659,10 @@ def _validate_registries(cfg: Config) -> None:
     if cfg.teacher.name is not None:
         ckpt = Path(str(cfg.teacher.checkpoint)).expanduser()
         _check(ckpt.is_file(), f"teacher.checkpoint not found: {ckpt}")
-    _check(
-        cfg.loss.name in losses, f"unknown loss '{cfg.loss.name}'.{suggest(cfg.loss.name, losses)}"
-    )
+    try:  # a registered name or an import path, module:Class
+        loss_entry(cfg.loss.name)
+    except ValueError as exc:
+        raise ConfigError(f"loss.name: {exc}") from None
     try:
         loss = build_loss(cfg.loss.name, **cfg.loss.params)
     except (TypeError, ValueError) as exc:
@@ -673,6 +684,24 @@ def _validate_registries(cfg: Config) -> None:
     )
 
 
+def resolved_config_dict(cfg: Config) -> dict[str, Any]:
+    """:func:`config_to_dict` of ``cfg`` with ``loss.params`` holding every constructor argument's
+    effective value (:meth:`lud.losses.DistillationLoss.resolved_params`), not only those given.
+
+    Loading it as a config builds the same loss whatever the defaults of a later version are.
+    ``ConfigError`` when the loss cannot be built from ``cfg``.
+    """
+    from .losses import build_loss
+
+    out = config_to_dict(cfg)
+    try:
+        loss = build_loss(cfg.loss.name, **cfg.loss.params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"loss.params: {exc}") from None
+    out["loss"]["params"] = loss.resolved_params()
+    return out
+
+
 # ----------------------------------------------------------------------------- packaged configs
 #: The experiment configs shipped inside the package (``src/lud/configs``).
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -680,9 +709,12 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 def packaged_configs(prefix: str = "") -> list[str]:
     """Names of the packaged configs (``cifar100/lud/resnet32x4_resnet8x4``) starting with
-    ``prefix``, sorted; a prefix that is a folder matches inside it only."""
-    names = (p.relative_to(CONFIGS_DIR).with_suffix("").as_posix()
-             for p in CONFIGS_DIR.rglob("*.yaml"))
+    ``prefix``, sorted; a prefix that is a folder matches inside it only. The base files that
+    configs inherit (``_base_``: ``_base.yaml``, ``_pairs/``; names starting with ``_``) are not
+    configs of their own."""
+    rels = (p.relative_to(CONFIGS_DIR) for p in CONFIGS_DIR.rglob("*.yaml"))
+    names = (r.with_suffix("").as_posix() for r in rels
+             if not any(part.startswith("_") for part in r.parts))
     prefix = prefix.strip("/")
     if prefix and (CONFIGS_DIR / prefix).is_dir():  # a folder: ``cifar100/lud`` not ``lud-released``
         prefix += "/"

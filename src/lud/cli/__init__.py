@@ -1,4 +1,5 @@
-"""The ``lud`` command line: ``train``, ``eval``, ``bench``, ``tune``, ``report``, ``list``, ``demo``.
+"""The ``lud`` command line: ``train``, ``eval``, ``bench``, ``tune``, ``report``, ``list``, ``config``,
+``demo``.
 
 Exit codes: 0 success; 1 training diverged (NaN/Inf loss); 2 bad usage, configuration, data or
 checkpoint, or an output folder that cannot be written (full disk, read-only): the message goes to
@@ -26,6 +27,7 @@ _COMMANDS = {
     "tune": "tune every method's loss parameters with the same budget on the validation split",
     "report": "plots and a Markdown page for a run folder or a benchmark folder",
     "list": "list registered losses, models and data sets, and the packaged configs",
+    "config": "show a config fully resolved: bases merged, overrides applied, loss parameters",
     "demo": "run the built-in demonstration",
 }
 
@@ -74,6 +76,12 @@ def _train_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop once N epochs are complete (continue later with --resume)",
     )
+    p.add_argument(
+        "--allow-changed-params",
+        action="store_true",
+        help="with --resume: go on although the loss's resolved parameters differ from those "
+        "the checkpoint recorded (runtime.allow_changed_params; default: refuse, naming them)",
+    )
     return p
 
 
@@ -87,6 +95,8 @@ def _cmd_train(argv: list[str]) -> int:
         cfg.experiment.output_dir = args.output_dir
     if args.name is not None:
         cfg.experiment.name = args.name
+    if args.allow_changed_params:
+        cfg.runtime.allow_changed_params = True
     validate_config(cfg)
     summary = train(cfg, resume=args.resume, stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one summary, from rank 0
@@ -140,7 +150,10 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Rebuild the model stored in a lud checkpoint and evaluate it on ``split``.
 
-    Returns ``{"top1","top5","loss","nll","ece","n","split","epoch","checkpoint"}``.
+    Returns ``{"top1","top5","loss","nll","ece","n","split","epoch","checkpoint",
+    "lud_version","changed_params"}``: ``changed_params`` lists the loss parameters the
+    checkpoint recorded with another value than the code builds today for its config (empty when
+    they agree or the checkpoint predates their recording).
     """
     from ..config import ConfigError, apply_overrides, config_from_dict, validate_config
     from ..data import make_batch_transform, make_loader
@@ -204,7 +217,23 @@ def evaluate_checkpoint(
         amp=cfg.runtime.amp,
         channels_last=cfg.runtime.channels_last,
     )
-    return {**res, "split": split, "epoch": int(ckpt["epoch"]), "checkpoint": str(path)}
+    return {**res, "split": split, "epoch": int(ckpt["epoch"]), "checkpoint": str(path),
+            "lud_version": ckpt.get("lud_version"), "changed_params": _changed_params(ckpt, cfg)}
+
+
+def _changed_params(ckpt: dict[str, Any], cfg: Any) -> list[str]:
+    """:func:`lud.engine.runfolder.diff_resolved_params` of a checkpoint and today's loss."""
+    from ..engine.runfolder import diff_resolved_params
+    from ..losses import build_loss
+
+    saved = ckpt.get("resolved_loss_params")
+    if saved is None:
+        return []
+    try:
+        now = build_loss(cfg.loss.name, **cfg.loss.params).resolved_params()
+    except (TypeError, ValueError) as exc:
+        return [f"loss '{cfg.loss.name}' cannot be built today: {exc}"]
+    return diff_resolved_params(saved, now, str(ckpt.get("lud_version", "?")))
 
 
 def _cmd_eval(argv: list[str]) -> int:
@@ -227,6 +256,10 @@ def _cmd_eval(argv: list[str]) -> int:
         print(f"top-5: {res['top5']:.2f}%")
         print(f"NLL:   {res['nll']:.4f}")
         print(f"ECE:   {res['ece']:.4f}")
+        if res["changed_params"]:
+            print(f"note: trained with lud {res['lud_version']}, whose loss differs from what "
+                  f"lud {__version__} builds for the same config (see CHANGELOG.md):")
+            print("\n".join(f"  {line}" for line in res["changed_params"]))
     return 0
 
 
@@ -241,10 +274,12 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides (not loss.*)"
     )
+    from ..experiments.bench import DEFAULT_METHODS
+
     p.add_argument(
         "--methods",
-        help="comma-separated losses (default: kd,dkd,dist,kd+ls,ctkd,mlkd,wttm,rld,"
-        "lud-released,lud; none with --ablate); the student alone is always trained",
+        help=f"comma-separated losses (default: {','.join(DEFAULT_METHODS)}; none with --ablate);"
+        " the student alone is always trained",
     )
     p.add_argument(
         "--seeds",
@@ -439,6 +474,26 @@ def _cmd_list(argv: list[str]) -> int:
     return 0
 
 
+def _config_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lud config", description=_COMMANDS["config"])
+    p.add_argument("action", choices=("show",), help="show: print the resolved config as YAML")
+    p.add_argument("config", help="YAML config file, or the name of a packaged config")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return p
+
+
+def _cmd_config(argv: list[str]) -> int:
+    import yaml
+
+    from ..config import load_config, resolve_config, resolved_config_dict
+
+    args = _config_parser().parse_intermixed_args(argv)
+    cfg = load_config(resolve_config(args.config), args.overrides, validate=False)
+    print(f"# {args.config} resolved by lud {__version__} (loss.params: every parameter's value)")
+    print(yaml.safe_dump(resolved_config_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
 def _cmd_demo(argv: list[str]) -> int:
     from .demo import main as demo_main
 
@@ -508,6 +563,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "tune": _cmd_tune,
         "report": _cmd_report,
         "list": _cmd_list,
+        "config": _cmd_config,
         "demo": _cmd_demo,
     }
     cmd = args[0]

@@ -34,6 +34,7 @@ from .runfolder import (
     load_run_state,
     prepare_run_dir,
     read_resume_checkpoint,
+    resolved_loss_params,
     restore_best,
     run_dir_of,
 )
@@ -288,6 +289,8 @@ def _build_modules(run: Run, cfg: Config) -> None:
     if r.sync_bn and run.ctx.distributed:
         run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
     run.loss = build_loss(cfg.loss.name, **cfg.loss.params).to(dev)
+    # what the loss really runs with (recorded in resolved.yaml, checkpoints, summary.json)
+    run.resolved_loss_params = resolved_loss_params(run.loss)
     _check_views(run, cfg)
     # The loss's input validation reads values back from the device (target range, NaN).
     # Shapes, class counts and targets are checked on the first step; after that a NaN is

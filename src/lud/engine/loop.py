@@ -22,7 +22,7 @@ from . import distributed
 from .checkpoint import atomic_write_text, save_checkpoint
 from .faults import fault_point
 from .metrics import RunningSums
-from .runfolder import lookup_last, run_state, save_config
+from .runfolder import lookup_last, run_state, save_config, save_resolved
 from .runlog import MetricsLog, logger
 from .seeding import capture_rng_state, make_generator
 from .step import TrainingDivergedError, augment_views, diverged, guarded_step, train_step
@@ -283,6 +283,7 @@ def run_epochs(
     cfg, ctx, run_dir = run.cfg, run.ctx, run.run_dir
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
+        save_resolved(cfg, run.resolved_loss_params, run_dir / "resolved.yaml")
     if run.teacher is not None and run.teacher_top1 is None and "test" in run.eval_loaders:
         rt = run.evaluate(run.teacher, "test")
         run.teacher_top1 = rt["top1"]
@@ -331,6 +332,7 @@ def _summary(run: Run, epochs_done: int, last: dict[str, Any], wall: float) -> d
         "teacher": run.cfg.teacher.name if run.teacher is not None else None,
         "teacher_test_top1": run.teacher_top1,
         "loss": run.cfg.loss.name,
+        "resolved_loss_params": run.resolved_loss_params,
         "epochs": run.cfg.solver.epochs,
         "epochs_completed": epochs_done,
         "completed": epochs_done >= run.cfg.solver.epochs,

@@ -3,7 +3,10 @@
 Checkpoint/resume in one place. :func:`prepare_run_dir` refuses to overwrite a run and cleans up
 after killed writes; :func:`read_resume_checkpoint`, :func:`check_resume_compatible` and
 :func:`load_run_state` continue a run from ``last.pt``; :func:`run_state` is what every epoch
-saves; :func:`save_config` writes the run's ``config.yaml``. The order of the writes at an epoch
+saves; :func:`save_config` writes the run's ``config.yaml`` (as given) and
+:func:`save_resolved` its ``resolved.yaml`` (the loss parameters resolved, and the version).
+Resuming compares the loss's resolved parameters with those ``last.pt`` recorded
+(:func:`check_resolved_params`). The order of the writes at an epoch
 end (metrics row, ``last.pt``, ``best.pt``) is kept by :mod:`lud.engine.loop`.
 """
 
@@ -33,14 +36,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunFolderError",
+    "check_resolved_params",
     "check_resume_compatible",
+    "diff_resolved_params",
     "load_run_state",
     "lookup_last",
     "prepare_run_dir",
     "read_resume_checkpoint",
     "run_dir_of",
+    "resolved_loss_params",
     "run_state",
     "save_config",
+    "save_resolved",
 ]
 
 # Config entries that must not change between a checkpoint and the run resuming it.
@@ -75,6 +82,71 @@ def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write the resolved configuration as YAML (what the run actually used), atomically."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     atomic_write_text(text, path)
+
+
+def resolved_loss_params(loss: Any) -> dict[str, Any] | None:
+    """``loss.resolved_params()``; None for a module without it (not a DistillationLoss)."""
+    method = getattr(loss, "resolved_params", None)
+    return method() if callable(method) else None
+
+
+def save_resolved(cfg: Config, params: dict[str, Any] | None, path: str | os.PathLike[str]) -> None:
+    """Write ``resolved.yaml``: the config with ``loss.params`` = the loss's resolved parameters.
+
+    It loads as a config (``lud train resolved.yaml``) that builds the same loss whatever a later
+    version's defaults are; its first line names the version that wrote it.
+    """
+    raw = config_to_dict(cfg)
+    if params is not None:
+        raw["loss"]["params"] = params
+    text = yaml.safe_dump(raw, sort_keys=False)
+    head = (f"# written by lud {__version__}: config.yaml with every loss parameter resolved "
+            "(defaults and presets included)\n")
+    atomic_write_text(head + text, path)
+
+
+def diff_resolved_params(
+    saved: dict[str, Any], now: dict[str, Any], saved_version: str
+) -> list[str]:
+    """One line per loss parameter whose recorded value (lud ``saved_version``) differs from the
+    one the code builds now, naming the parameter and both values."""
+    keys = [*saved, *(k for k in now if k not in saved)]
+    return [
+        f"loss parameter '{k}': recorded {saved.get(k, '(absent)')!r} (lud {saved_version}) "
+        f"vs now {now.get(k, '(absent)')!r} (lud {__version__})"
+        for k in keys
+        if saved.get(k, _ABSENT) != now.get(k, _ABSENT)
+    ]
+
+
+def check_resolved_params(
+    saved: dict[str, Any] | None, now: dict[str, Any] | None, saved_version: str, *, allow: bool
+) -> list[str]:
+    """Resuming: the loss parameters whose value differs between a checkpoint and the loss built
+    today (:func:`diff_resolved_params`).
+
+    Raises :class:`RunFolderError` naming them unless ``allow`` (then they are logged and
+    returned). A checkpoint of a version that did not record them (``saved`` None) is logged.
+    """
+    if saved is None or now is None:
+        if saved is None and now is not None:
+            logger.warning("the checkpoint (lud %s) records no resolved loss parameters: cannot "
+                           "check that the loss is built as it was", saved_version)
+        return []
+    diffs = diff_resolved_params(saved, now, saved_version)
+    if diffs and not allow:
+        raise RunFolderError(
+            "cannot resume: the loss would be built with other parameters than the checkpoint's "
+            "(a default changed, see CHANGELOG.md):\n  " + "\n  ".join(diffs) + "\nSet them in "
+            "loss.params to keep the checkpoint's values, or pass --allow-changed-params "
+            "(runtime.allow_changed_params=true) to go on with today's."
+        )
+    for d in diffs:
+        logger.warning("resuming with a changed %s", d)
+    return diffs
+
+
+_ABSENT = object()
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -184,9 +256,13 @@ def check_resume_compatible(
 ) -> None:
     """Raise if the run being resumed differs from the checkpoint's (``num_classes``: None
     before the data are loaded)."""
+    # loss.params as given: compared value by value after resolution when the checkpoint
+    # records the resolved ones (check_resolved_params), so spelling out a default is no change
+    keys = [k for k in RESUME_KEYS
+            if k != "loss.params" or ckpt.get("resolved_loss_params") is None]
     diffs = [
         f"{k}: checkpoint {_lookup(saved, k)!r} vs now {_lookup(now, k)!r}"
-        for k in RESUME_KEYS
+        for k in keys
         if _lookup(saved, k) != _lookup(now, k)
     ]
     if num_classes is not None and int(ckpt["num_classes"]) != num_classes:
@@ -213,6 +289,7 @@ def run_state(
         "num_classes": run.bundle.num_classes,
         "input_shape": list(run.bundle.input_shape),
         "loss": run.loss.state_dict(),
+        "resolved_loss_params": run.resolved_loss_params,
         "optimizer": run.optimizer.state_dict(),
         "schedule": run.schedule.state_dict(),
         "scaler": run.scaler.state_dict(),
@@ -240,6 +317,10 @@ def load_run_state(run: Run, path: Path, ckpt: dict[str, Any]) -> None:
             f"cannot resume: {path} was written by a run of {saved_world} process(es), this "
             f"run has {run.ctx.world_size}; resume with the same number of processes"
         )
+    check_resolved_params(
+        ckpt.get("resolved_loss_params"), run.resolved_loss_params,
+        str(ckpt.get("lud_version", "?")), allow=run.cfg.runtime.allow_changed_params,
+    )
     run.model.load_state_dict(ckpt["model"])
     run.loss.load_state_dict(ckpt["loss"])
     run.optimizer.load_state_dict(ckpt["optimizer"])

@@ -79,11 +79,19 @@ __all__ = [
     "run_status",
 ]
 
-#: Methods benchmarked when none are named. All one-view (the bench's single-view default):
-#: ``lud-released`` is the released objective's weak-view part (``two_views`` off).
-DEFAULT_METHODS = (
-    "kd", "dkd", "dist", "kd+ls", "ctkd", "mlkd", "wttm", "rld", "lud-released", "lud",
-)
+
+def default_methods() -> tuple[str, ...]:
+    """The losses registered with ``bench=True`` (:func:`lud.losses.loss_entries`): the
+    baselines by name, then LUD's family, ``lud`` last. All run one-view (the bench's single-view
+    default): ``lud-released`` is the released objective's weak-view part (``two_views`` off)."""
+    from ..losses import loss_entries
+
+    entries = loss_entries(bench=True)
+    return tuple(e.name for e in sorted(entries, key=lambda e: (e.family == "lud", e.name == "lud", e.name)))
+
+
+#: Methods benchmarked when none are named (:func:`default_methods`, from the registry).
+DEFAULT_METHODS = default_methods()
 
 #: ``--ablate NAME``: (label, part switched off, loss parameters that switch it off).
 ABLATIONS: dict[str, tuple[tuple[str, str, dict[str, Any]], ...]] = {
@@ -118,6 +126,7 @@ _EXECUTION_KEYS = frozenset(
         "runtime.channels_last",
         "runtime.teacher_cache",
         "runtime.grad_norms_every",  # the probe only reads gradients (tests/test_gradnorms.py)
+        "runtime.allow_changed_params",  # what resuming may accept, not what a run computes
     }
 )
 
@@ -424,7 +433,31 @@ def prepare_run(cfg: Config, what: str) -> tuple[Path, str, int]:
                 + "\n  ".join(diffs)
                 + "\ndelete it or use another --output-dir"
             )
+    if status == "done":
+        _check_recorded_params(run_dir, cfg)
     return run_dir, status, done
+
+
+def _check_recorded_params(run_dir: Path, cfg: Config) -> None:
+    """A finished run counts only if its loss was built as today's code builds it from ``cfg``
+    (``summary.json``'s resolved parameters; runs of versions that did not record them pass)."""
+    from ..engine.runfolder import diff_resolved_params
+    from ..losses import build_loss
+    from .runs import _read_json
+
+    summary = _read_json(run_dir / "summary.json")
+    saved = summary.get("resolved_loss_params")
+    if saved is None:
+        return
+    now = build_loss(cfg.loss.name, **cfg.loss.params).resolved_params()
+    diffs = diff_resolved_params(saved, now, str(summary.get("lud_version", "?")))
+    if diffs:
+        raise ValueError(
+            f"run folder {run_dir} was trained with other loss parameters than the code builds "
+            "today (a default changed, see CHANGELOG.md):\n  " + "\n  ".join(diffs)
+            + "\nset them with --method-params to keep the old values, or delete it or use "
+            "another --output-dir"
+        )
 
 
 def _run_config(base: Config, v: Variant, seed: int, bench_dir: Path) -> Config:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -93,6 +94,8 @@ def _run_record(
         "best_epoch": None,
         **{k: None for k, _, _ in METRICS},
         "teacher_test_top1": None,
+        "lud_version": None,
+        "resolved_loss_params": None,  # JSON text: every loss parameter's value (summary.json)
     }
     if not run.is_dir():
         return rec
@@ -114,6 +117,9 @@ def _run_record(
         best_val_top1=best.get("top1") if best.get("split") == "val" else None,
         wall_time_s=s.get("wall_time_s"),
         teacher_test_top1=s.get("teacher_test_top1"),
+        lud_version=s.get("lud_version"),
+        resolved_loss_params=(None if s.get("resolved_loss_params") is None
+                              else json.dumps(s["resolved_loss_params"])),
     )
     if evaluate or (run / "eval_best.json").is_file():
         ev = evaluate_run(run)
@@ -147,6 +153,7 @@ def aggregate(
             "seeds_done": len(done),
             "seeds_planned": len(mine),
             "diverged": sum(r["status"] == "diverged" for r in mine),
+            **_resolved(done),
         }
         for key, _, _ in METRICS:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r[key] for r in done])
@@ -158,6 +165,18 @@ def aggregate(
         row["gap_closed"] = 100.0 * (m - alone) / (teacher_top1 - alone) if ok else None
         row["teacher_test_top1"] = teacher_top1
     return rows
+
+
+def _resolved(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row's ``lud_version`` and ``resolved_params`` (JSON) as its completed runs recorded
+    them; ``"differs between seeds (runs.csv)"`` when they do not agree."""
+    versions = {r["lud_version"] for r in done if r.get("lud_version") is not None}
+    params = {r["resolved_loss_params"] for r in done if r.get("resolved_loss_params") is not None}
+    mixed = "differs between seeds (runs.csv)"
+    return {
+        "lud_version": None if not versions else versions.pop() if len(versions) == 1 else mixed,
+        "resolved_params": None if not params else params.pop() if len(params) == 1 else mixed,
+    }
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -323,6 +342,12 @@ def markdown(result: BenchResult, *, title: bool = True, runs: bool = True) -> s
     lines += ["Loss parameters (method defaults unless listed):", ""]
     for v in m["variants"]:
         lines.append(f"- {v['label']}: `{v['loss']}` {_params_text(v['params'])}")
+    resolved = [r for r in result.rows if r.get("resolved_params")]
+    if resolved:
+        lines += ["", "Every loss parameter, as the runs recorded it (`resolved_params` in "
+                  "results.csv):", ""]
+        lines += [f"- {r['label']} (lud {r['lud_version']}): `{r['resolved_params']}`"
+                  for r in resolved]
     lines += ["", _NOTE, ""]
     if not runs:
         return "\n".join(lines)

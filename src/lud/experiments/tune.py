@@ -129,6 +129,10 @@ class TrialResult:
     wall_s: float
     chosen: bool = False
     diverged: int = 0  # seeds whose loss went NaN/Inf (the others missing are not trained yet)
+    # every loss parameter's value and the version, as the trial's runs recorded them
+    # (summary.json; None before a run completed, or from a version that did not record them)
+    resolved_params: dict[str, Any] | None = None
+    lud_version: str | None = None
 
     @property
     def score(self) -> float:
@@ -183,7 +187,8 @@ def _write_tables(tune_dir: Path, results: list[TrialResult], seeds: list[int]) 
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(
-        ["method", "trial", "params", "val_top1_mean", "val_top1_std", "seeds", "diverged", "chosen"]
+        ["method", "trial", "params", "val_top1_mean", "val_top1_std", "seeds", "diverged", "chosen",
+         "lud_version", "resolved_params"]
     )
     md = [
         "# Tuning on the validation split",
@@ -209,7 +214,14 @@ def _write_tables(tune_dir: Path, results: list[TrialResult], seeds: list[int]) 
             f"| {r.method} | {r.index} | `{params}` | {cell} | {r.wall_s:.0f} | "
             f"{'✓' if r.chosen else ''} |"
         )
-        w.writerow([r.method, r.index, params, mean, std, len(vals), r.diverged, int(r.chosen)])
+        resolved = "" if r.resolved_params is None else json.dumps(r.resolved_params)
+        w.writerow([r.method, r.index, params, mean, std, len(vals), r.diverged, int(r.chosen),
+                    r.lud_version or "", resolved])
+    chosen = [r for r in results if r.chosen and r.resolved_params is not None]
+    if chosen:
+        md += ["", "Every loss parameter of the chosen trials, as their runs recorded it "
+               "(`resolved_params` in tuning.csv for every trial):", ""]
+        md += [f"- {r.method} (lud {r.lud_version}): `{json.dumps(r.resolved_params)}`" for r in chosen]
     atomic_write_text(buf.getvalue(), tune_dir / "tuning.csv")
     atomic_write_text("\n".join(md) + "\n", tune_dir / "tuning.md")
 
@@ -224,6 +236,7 @@ def collect_trials(
         for k, params in enumerate(listed):
             vals: dict[int, float | None] = {}
             wall, diverged = 0.0, 0
+            resolved, version = None, None
             for seed in seeds:
                 run = _trial_dir(tune_dir, method, k) / f"seed{seed}"
                 summary = run / "summary.json"
@@ -235,9 +248,12 @@ def collect_trials(
                     if s.get("completed"):
                         vals[seed] = s["best"]["top1"]
                         wall += float(s.get("wall_time_s", 0.0))
+                        resolved = s.get("resolved_loss_params", resolved)
+                        version = s.get("lud_version", version)
             rows.append(
                 TrialResult(
-                    method, k, dict(params), vals, wall / max(1, len(seeds)), diverged=diverged
+                    method, k, dict(params), vals, wall / max(1, len(seeds)), diverged=diverged,
+                    resolved_params=resolved, lud_version=version,
                 )
             )
         best = max(rows, key=lambda r: (r.score, -r.index))

@@ -49,8 +49,10 @@ new fractional epoch a training loop passes. The values are the same either way.
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +90,24 @@ def linear_warmup(epoch: Epoch, epochs: float) -> Epoch:
     if isinstance(epoch, Tensor):
         return (epoch.clamp_min(0.0) / epochs).clamp_max(1.0)
     return min(max(float(epoch), 0.0) / epochs, 1.0)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain YAML/JSON data; ``TypeError`` naming ``where`` otherwise."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{where} is {value!r}: a recorded parameter must be finite")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, not plain data (bool, int, float, str, None, "
+        "list, mapping): a loss's constructor arguments must be recordable"
+    )
 
 
 @dataclass
@@ -211,6 +231,50 @@ class DistillationLoss(nn.Module):
         check_bool("gather", gather)
         self.validate = validate
         self.gather = gather
+
+    @classmethod
+    def constructor_params(cls) -> list[str]:
+        """Names of the constructor's keyword arguments, in signature order.
+
+        A constructor taking ``**kwargs`` (a subclass forwarding to its parent) also lists its
+        parents' arguments, up the MRO to the first constructor without ``**kwargs``.
+        """
+        names: list[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = list(inspect.signature(init).parameters.values())[1:]  # without self
+            names += [p.name for p in params
+                      if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names]
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return names
+
+    def resolved_params(self) -> dict[str, Any]:
+        """Every constructor argument's effective value, after presets and defaults.
+
+        Read generically from ``self.<name>`` for each name of :meth:`constructor_params`, so a
+        loss records exactly what it runs with; building the same class with these values gives
+        the same loss. Values are plain YAML/JSON data (tuples become lists).
+
+        Contract for a subclass: store every constructor argument, checked and resolved, as an
+        attribute of the same name (``self.temperature = positive_param(...)``). A ``TypeError``
+        naming the argument says when one is not stored so, or is not plain data.
+        """
+        out: dict[str, Any] = {}
+        cls = type(self).__name__
+        for name in self.constructor_params():
+            try:
+                value = getattr(self, name)
+            except AttributeError:
+                raise TypeError(
+                    f"loss {cls} does not store its constructor argument '{name}' as self.{name}: "
+                    "store every argument under its own name (see "
+                    "DistillationLoss.resolved_params)"
+                ) from None
+            out[name] = _plain(value, f"{cls}.{name}")
+        return out
 
     def forward(
         self,

@@ -124,6 +124,7 @@ class CTKDLoss(DistillationLoss):
         theta0 = float(theta_init)
         if not math.isfinite(theta0):
             raise ValueError(f"theta_init must be finite, got {theta_init!r}")
+        self.theta_init = theta0  # the learnable temperature starts here (``theta`` moves)
         self.curriculum_epochs = non_negative_param("curriculum_epochs", curriculum_epochs)
         self.lambda_max = non_negative_param("lambda_max", lambda_max)
         self.ce_weight = non_negative_param("ce_weight", ce_weight)

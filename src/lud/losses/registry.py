@@ -83,12 +83,26 @@ def suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
     return f"{hint} Valid: {', '.join(sorted(valid))}."
 
 
-def _check_meta(name: str, family: str, inputs: tuple[str, ...]) -> None:
+def _check_meta(name: str, family: str, inputs: tuple[str, ...], bench: bool = False) -> None:
+    if not isinstance(name, str) or not name.strip() or ":" in name or name != name.strip():
+        raise ValueError(
+            f"loss name must be a non-empty string without ':' or surrounding spaces (':' marks "
+            f"an import path), got {name!r}"
+        )
+    if not isinstance(bench, bool):
+        raise ValueError(f"loss '{name}': bench must be a bool, got {bench!r}")
+    if isinstance(inputs, str) or not inputs:
+        raise ValueError(f"loss '{name}': inputs must be a non-empty tuple of {INPUTS}, got {inputs!r}")
     if family not in FAMILIES:
         raise ValueError(f"loss '{name}': family must be one of {FAMILIES}, got {family!r}")
     bad = [i for i in inputs if i not in INPUTS]
     if bad:
         raise ValueError(f"loss '{name}': unknown inputs {bad}; valid: {INPUTS}")
+
+
+def _check_class(name: str, cls: object) -> None:
+    if not (inspect.isclass(cls) and issubclass(cls, DistillationLoss)):
+        raise ValueError(f"loss '{name}': {cls!r} is not a subclass of lud.losses.DistillationLoss")
 
 
 def _add(entry: LossEntry) -> None:
@@ -110,9 +124,10 @@ def register_loss(
 
     The class gets ``registry_name = name``.
     """
-    _check_meta(name, family, inputs)
+    _check_meta(name, family, inputs, bench)
 
     def wrap(cls: L) -> L:
+        _check_class(name, cls)
         _add(LossEntry(name, cls, {}, family, bench, tuple(inputs), summary or _first_line(cls)))
         cls.registry_name = name  # type: ignore[attr-defined]
         return cls
@@ -134,7 +149,8 @@ def register_preset(
 
     The defaults' names are checked against ``cls``'s constructor now, not at the first build.
     """
-    _check_meta(name, family, inputs)
+    _check_meta(name, family, inputs, bench)
+    _check_class(name, cls)
     check_params(name, cls, defaults)
     entry = LossEntry(name, cls, dict(defaults), family, bench, tuple(inputs), summary or _first_line(cls))
     _add(entry)
