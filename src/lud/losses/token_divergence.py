@@ -204,8 +204,10 @@ def shared_vocabulary(student_logits: Tensor, teacher_logits: Tensor,
     vs, vt = student_logits.shape[-1], teacher_logits.shape[-1]
     if vocab_size is None:
         if vs != vt:
+            # (N, C) inputs say "class-count", (B, T, V) inputs "vocabulary", as the base class does
+            what = "vocabulary" if student_logits.dim() == 3 else "class-count"
             raise ValueError(
-                f"vocabulary mismatch: student_logits have {vs} columns, teacher_logits {vt}. If the "
+                f"{what} mismatch: student_logits have {vs} columns, teacher_logits {vt}. If the "
                 f"two output layers differ only by padding rows, pass vocab_size=<the real vocabulary "
                 f"size> (at most {min(vs, vt)}) to compare the shared columns"
             )
