@@ -20,6 +20,7 @@ from .registry import (
     register_preset,
 )
 from .standardize import standardize_logits  # noqa: E402
+from .topk import TopKTeacher, topk_forward_kl  # noqa: E402
 
 __all__ = [
     "DistillationLoss",
@@ -34,4 +35,6 @@ __all__ = [
     "register_loss",
     "register_preset",
     "standardize_logits",
+    "TopKTeacher",
+    "topk_forward_kl",
 ]
