@@ -64,6 +64,7 @@ MANIFEST = "manifest.json"
 PACKED_MAX_VOCAB = 2**17
 #: the keys of a batch that carry a cached teacher (see :class:`CachedTeacherDataset`)
 INDICES_KEY, LOG_PROBS_KEY = "teacher_topk_indices", "teacher_topk_log_probs"
+TEMPERATURE_KEY = "teacher_topk_temperature"
 # settings that must match for a resume to continue the same cache
 _IDENTITY = ("format", "k", "vocab_size", "codec", "temperature", "shard_size", "num_sequences",
              "dataset_sha256", "tokenizer_sha256", "teacher_sha256")
@@ -445,7 +446,8 @@ class CachedTeacherDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     """Rows of a tokenized data set with their cached teacher, for training from the cache.
 
     Row ``i`` is ``dataset[i]`` (a dict holding ``input_ids``) plus ``teacher_topk_indices`` and
-    ``teacher_topk_log_probs`` (``(length, k)`` tensors), which
+    ``teacher_topk_log_probs`` (``(length, k)`` tensors) and ``teacher_topk_temperature`` (a 0-d
+    tensor: the cache's temperature), which
     :class:`~lud.integrations.hf.DistillationTrainer` turns into a
     :class:`~lud.losses.topk.TopKTeacher` instead of running a teacher. The cache must have been
     written over this data set (same sequence count; each row's length is checked when read).
@@ -470,4 +472,5 @@ class CachedTeacherDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
                                     "the cache was written over another data set")
         row[INDICES_KEY] = teacher.indices
         row[LOG_PROBS_KEY] = teacher.log_probs
+        row[TEMPERATURE_KEY] = torch.tensor(teacher.temperature)
         return row

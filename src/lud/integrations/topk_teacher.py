@@ -21,23 +21,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lud.data.teacher_cache import INDICES_KEY, LOG_PROBS_KEY
+from lud.data.teacher_cache import INDICES_KEY, LOG_PROBS_KEY, TEMPERATURE_KEY
 from lud.losses import DistillationLoss, TopKTeacher
 
 __all__ = ["CACHE_KEYS", "online_topk", "pop_cached_teacher", "topk_valid_rows"]
 
-CACHE_KEYS = (INDICES_KEY, LOG_PROBS_KEY)
+CACHE_KEYS = (INDICES_KEY, LOG_PROBS_KEY, TEMPERATURE_KEY)
 
 
 def pop_cached_teacher(inputs: dict[str, Any], loss: DistillationLoss, tail: str) -> TopKTeacher | None:
     """The batch's cached teacher (removed from ``inputs``), or None if the batch has none."""
-    present = [key in inputs for key in CACHE_KEYS]
+    present = [key in inputs for key in (INDICES_KEY, LOG_PROBS_KEY)]
     if not any(present):
         return None
     if not all(present):
-        raise ValueError(f"a batch with a cached teacher needs both {CACHE_KEYS}, got {sorted(inputs)}")
+        raise ValueError(f"a batch with a cached teacher needs {INDICES_KEY} and {LOG_PROBS_KEY}, got "
+                         f"{sorted(inputs)}")
     indices, log_probs = inputs.pop(INDICES_KEY), inputs.pop(LOG_PROBS_KEY)
-    return TopKTeacher(indices, log_probs, tail, _temperature(loss), validate=False)
+    temperature = inputs.pop(TEMPERATURE_KEY, None)
+    # the temperature the cache was written at (the loss checks it is its own)
+    t = _temperature(loss) if temperature is None else float(torch.as_tensor(temperature).reshape(-1)[0])
+    return TopKTeacher(indices, log_probs, tail, t, validate=False)
 
 
 def online_topk(teacher_logits: Tensor, k: int, loss: DistillationLoss, tail: str) -> TopKTeacher:
