@@ -9,7 +9,7 @@ import torch
 
 from lud.losses import TopKTeacher, build_loss, loss_entries, topk_forward_kl
 from lud.losses.kd import kl_per_sample
-from lud.losses.topk import TAILS
+from lud.losses.topk import TAILS, topk_reverse_kl
 
 N, V = 6, 13
 
@@ -40,6 +40,31 @@ def test_k_equal_v_is_the_dense_kl_value_and_gradient(tail: str) -> None:
         g1 = torch.autograd.grad(got.sum(), s1)[0]
         g2 = torch.autograd.grad(ref.sum(), s2)[0]
         torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tail", TAILS)
+def test_reverse_kl_k_equal_v_is_dense_and_matches_the_densified_teacher(tail: str) -> None:
+    s, t = _logits(6)
+    s1 = s.clone().requires_grad_(True)
+    s2 = s.clone().requires_grad_(True)
+    got = topk_reverse_kl(s1, TopKTeacher.from_logits(t, V, tail=tail))
+    ref = _dense_kl(torch.log_softmax(s2, -1), torch.log_softmax(t, -1))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    g1, g2 = torch.autograd.grad(got.sum(), s1)[0], torch.autograd.grad(ref.sum(), s2)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+    topk = TopKTeacher.from_logits(t, 4, tail=tail)
+    log_q = torch.log_softmax(s, -1)
+    if tail == "uniform":
+        ref = _dense_kl(log_q, topk.densify(V))
+    elif tail == "bucket":
+        dense = topk.densify(V)
+        lq_tail = torch.logsumexp(log_q.scatter(1, topk.indices, -math.inf), 1, keepdim=True)
+        lq_b = torch.cat([log_q.gather(1, topk.indices), lq_tail], 1)
+        ref = _dense_kl(lq_b, torch.cat([topk.log_probs, dense[:, V:]], 1))
+    else:
+        lq = log_q.gather(1, topk.indices)
+        ref = _dense_kl(lq - lq.logsumexp(1, keepdim=True), topk.densify(V).gather(1, topk.indices))
+    torch.testing.assert_close(topk_reverse_kl(s, topk), ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("tail", ["zero", "uniform"])
@@ -82,19 +107,16 @@ def test_rules_differ_and_are_non_negative_below_v() -> None:
 def test_degenerate_inputs_give_no_nan() -> None:
     # one token, constant logits, k = 1, a teacher holding all its mass in the top-k
     const = torch.zeros(1, V)
-    for tail in TAILS:
-        for k in (1, V - 1, V):
-            topk = TopKTeacher.from_logits(const, k, tail=tail)
-            s = torch.zeros(1, V, requires_grad=True)
-            out = topk_forward_kl(s, topk)
-            out.sum().backward()
-            assert torch.isfinite(out).all() and torch.isfinite(s.grad).all()
     peaked = torch.full((1, V), -1e4)
-    peaked[0, 2] = 0
-    s = torch.randn(1, V, requires_grad=True)
-    out = topk_forward_kl(s, TopKTeacher.from_logits(peaked, 2, tail="uniform"))
-    out.sum().backward()
-    assert torch.isfinite(out).all() and torch.isfinite(s.grad).all()
+    peaked[0, 2] = 0  # missing mass exactly 0
+    for divergence in (topk_forward_kl, topk_reverse_kl):
+        for tail in TAILS:
+            for teacher, k in [(const, 1), (const, V - 1), (const, V), (peaked, 2)]:
+                topk = TopKTeacher.from_logits(teacher, k, tail=tail)
+                s = torch.randn(1, V, requires_grad=True)
+                out = divergence(s, topk)
+                out.sum().backward()
+                assert torch.isfinite(out).all() and torch.isfinite(s.grad).all(), (divergence, tail, k)
 
 
 def test_kd_loss_with_k_equal_v_equals_dense_kd() -> None:

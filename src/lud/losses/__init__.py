@@ -20,7 +20,7 @@ from .registry import (
     register_preset,
 )
 from .standardize import standardize_logits  # noqa: E402
-from .topk import TopKTeacher, topk_forward_kl  # noqa: E402
+from .topk import TopKTeacher, topk_forward_kl, topk_reverse_kl  # noqa: E402
 
 __all__ = [
     "DistillationLoss",
@@ -37,4 +37,5 @@ __all__ = [
     "standardize_logits",
     "TopKTeacher",
     "topk_forward_kl",
+    "topk_reverse_kl",
 ]

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["TAILS", "TopKTeacher", "topk_forward_kl"]
+__all__ = ["TAILS", "TopKTeacher", "topk_forward_kl", "topk_reverse_kl"]
 
 #: the rules for the teacher's missing mass (see the module docstring)
 TAILS = ("bucket", "zero", "uniform")
@@ -266,3 +266,39 @@ def topk_forward_kl(student_logits: Tensor, teacher: TopKTeacher, temperature: f
     rest = vocab - k  # uniform
     sum_lq_rest = log_q.scatter(-1, idx, 0.0).sum(-1)
     return head + torch.xlogy(p_tail, p_tail / rest) - (p_tail / rest) * sum_lq_rest
+
+
+def topk_reverse_kl(student_logits: Tensor, teacher: TopKTeacher, temperature: float = 1.0) -> Tensor:
+    """Per-row reverse ``KL(student || teacher)`` with a top-k teacher, shape ``(N,)``, no ``T^2``.
+
+    ``"bucket"``: over the k classes and the tail class, ``sum_i q_i log(q_i/p_i) + q_tail
+    log(q_tail/p_tail)``. ``"uniform"``: over all ``V`` classes with the teacher's tail spread
+    evenly. ``"zero"``: the teacher has no mass outside its top-k, where the reverse KL would be
+    infinite; the *student* is renormalised over the teacher's top-k as well (the divergence of the
+    two distributions restricted to those classes). Equals the dense reverse KL when ``k = V``.
+    """
+    n, vocab = student_logits.shape
+    if teacher.shape != (n,):
+        raise ValueError(f"topk_reverse_kl: teacher has rows {teacher.shape}, student logits {(n, vocab)}")
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    idx = teacher.indices.long()
+    lq_top = log_q.gather(-1, idx)
+    lp = teacher.log_probs.float()
+    if teacher.tail == "zero":
+        lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+        lq_top = lq_top - torch.logsumexp(lq_top, dim=-1, keepdim=True)
+        return (lq_top.exp() * (lq_top - lp)).sum(-1)
+    head = (lq_top.exp() * (lq_top - lp)).sum(-1)
+    if teacher.k == vocab:
+        return head
+    # a teacher tail of exactly 0 makes the divergence infinite where the student has mass:
+    # floor it at the smallest normal float32 so the value stays finite (and large)
+    log_p_tail = torch.log(teacher.missing_mass().clamp_min(torch.finfo(torch.float32).tiny))
+    if teacher.tail == "bucket":
+        lq_tail = torch.logsumexp(log_q.scatter(-1, idx, -math.inf), dim=-1)
+        return head + lq_tail.exp() * (lq_tail - log_p_tail)
+    rest = vocab - teacher.k  # uniform: sum over the other classes of q_j (log q_j - log(p_tail/rest))
+    q = log_q.exp()
+    q_rest = q.scatter(-1, idx, 0.0)
+    plogq_rest = (q_rest * log_q).sum(-1)
+    return head + plogq_rest - q_rest.sum(-1) * (log_p_tail - math.log(rest))
