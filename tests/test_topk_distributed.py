@@ -1,0 +1,103 @@
+"""A teacher too big for one device, on two real (gloo) CPU processes.
+
+* FSDP (``torch.distributed.fsdp.fully_shard``) shards a GPT-2 teacher's parameters over the two
+  ranks; each rank runs it on its own tokens and reduces its own logits to the top-k at once: the
+  result equals the unsharded teacher's top-k bit for bit, and no logits cross ranks.
+* Vocabulary-parallel logits (each rank holds a slice of the classes) are reduced to the exact
+  top-k by :func:`lud.losses.topk_parallel.vocab_parallel_topk`, exchanging ``(N, k)`` candidates.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lud.losses import TopKTeacher, build_loss
+from lud.losses.topk_parallel import vocab_parallel_topk
+
+N, V, SPLIT = 6, 37, 19
+
+
+def _full_logits() -> torch.Tensor:
+    return torch.randn(N, V, generator=torch.Generator().manual_seed(0)) * 3
+
+
+def _vocab_parallel(rank: int) -> dict[str, torch.Tensor]:
+    full = _full_logits()
+    lo, hi = (0, SPLIT) if rank == 0 else (SPLIT, V)  # uneven slices: 19 and 18 classes
+    out = {}
+    for k in (5, 25):  # 25 > a slice's width: the narrow side pads its candidates
+        got = vocab_parallel_topk(full[:, lo:hi], lo, V, k, temperature=2.0)
+        out[f"indices{k}"], out[f"log_probs{k}"] = got.indices, got.log_probs
+    return out
+
+
+def _fsdp_teacher(rank: int) -> dict[str, torch.Tensor]:
+    transformers = pytest.importorskip("transformers")
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=16, n_layer=2, n_head=2,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                  bos_token_id=0, eos_token_id=0)
+    sharded = transformers.GPT2LMHeadModel(cfg).eval()
+    whole = transformers.GPT2LMHeadModel(cfg).eval()
+    whole.load_state_dict(sharded.state_dict())
+    for block in sharded.transformer.h:
+        fully_shard(block)
+    fully_shard(sharded)
+    local = sharded.transformer.wte.weight.to_local()
+    ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(rank))  # this rank's batch
+    with torch.no_grad():
+        topk = TopKTeacher.from_logits(sharded(input_ids=ids).logits, 16)
+        ref = TopKTeacher.from_logits(whole(input_ids=ids).logits, 16)
+    # a student step on this rank's tokens with the sparse teacher
+    student = torch.randn(2, 10, 300, requires_grad=True)
+    loss = build_loss("kd", temperature=1.0)(student, topk, ids)
+    loss.total.backward()
+    return {"indices": topk.indices, "log_probs": topk.log_probs, "ref_indices": ref.indices,
+            "ref_log_probs": ref.log_probs, "local_rows": torch.tensor(local.shape[0]),
+            "grad_finite": torch.tensor(bool(torch.isfinite(student.grad).all()))}
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        result = _vocab_parallel(rank)
+        result.update(_fsdp_teacher(rank))
+        torch.save(result, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_teacher_gives_the_exact_topk_on_two_gloo_processes(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    out = str(tmp_path / "res")
+    mp.spawn(_worker, args=(str(tmp_path / "init"), out), nprocs=2, join=True)
+    full = _full_logits()
+    for rank in (0, 1):
+        got = torch.load(f"{out}.{rank}", weights_only=True)
+        for k in (5, 25):
+            ref = TopKTeacher.from_logits(full, k, temperature=2.0)
+            assert torch.equal(got[f"indices{k}"], ref.indices)
+            torch.testing.assert_close(got[f"log_probs{k}"], ref.log_probs, rtol=0, atol=2e-6)
+        assert int(got["local_rows"]) == 150  # the 300-row embedding is split over two ranks
+        assert torch.equal(got["indices"], got["ref_indices"])
+        assert torch.equal(got["log_probs"], got["ref_log_probs"])
+        assert bool(got["grad_finite"])
+
+
+def test_one_process_needs_the_whole_vocabulary() -> None:
+    full = _full_logits()
+    got = vocab_parallel_topk(full, 0, V, 4)
+    ref = TopKTeacher.from_logits(full, 4)
+    assert torch.equal(got.indices, ref.indices) and torch.equal(got.log_probs, ref.log_probs)
+    with pytest.raises(ValueError, match="slice must be the whole vocabulary"):
+        vocab_parallel_topk(full[:, :SPLIT], 0, V, 4)
