@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from lud.data.teacher_cache import (  # noqa: E402  (after the skips)
+    CachedTeacherCollator,
     CachedTeacherDataset,
     TeacherCache,
     model_fingerprint,
@@ -117,3 +118,26 @@ def test_trainer_refuses_what_cannot_work_without_a_dense_teacher(tmp_path: Path
         trainer.train()
     with pytest.raises(ValueError, match="written over another data set"):
         CachedTeacherDataset(_rows(15), cache)
+
+
+def test_rows_of_different_lengths_train_from_the_cache_with_its_collator(tmp_path: Path) -> None:
+    teacher, student = _gpt2(2, seed=1), _gpt2(1, seed=2)
+    rows = [{k: v[: 7 + i % 6] for k, v in r.items()} for i, r in enumerate(_rows())]  # 7..12 tokens
+    cache = _cache(tmp_path / "cache", teacher, rows)
+    collator = CachedTeacherCollator(pad_token_id=0)
+    batch = collator([CachedTeacherDataset(rows, cache)[i] for i in (0, 5)])  # 7 and 12 tokens
+    assert batch["input_ids"].shape == (2, 12) and batch["teacher_topk_indices"].shape == (2, 12, K)
+    assert bool((batch["labels"][0, 7:] == -100).all()) and bool((batch["attention_mask"][0, 7:] == 0).all())
+    assert torch.equal(batch["teacher_topk_indices"][1], cache[5].indices)
+    with pytest.raises(ValueError, match="has 5 positions, its input_ids 7"):
+        collator([{"input_ids": torch.zeros(7, dtype=torch.long), "labels": torch.zeros(5).long()}])
+
+    online_student, cached_student = copy.deepcopy(student), copy.deepcopy(student)
+    kw = dict(loss="kd", loss_params={"temperature": 1.0}, data_collator=collator)
+    DistillationTrainer(model=online_student, teacher_model=teacher, teacher_top_k=K,
+                        args=_args(tmp_path / "a"), train_dataset=rows, **kw).train()
+    DistillationTrainer(model=cached_student, args=_args(tmp_path / "b"),
+                        train_dataset=CachedTeacherDataset(rows, cache), **kw).train()
+    # the online teacher sees padded batches, the cache was written per length: equal up to rounding
+    for a, b in zip(online_student.parameters(), cached_student.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

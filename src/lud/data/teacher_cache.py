@@ -50,6 +50,7 @@ from ..losses.topk import TAILS, TopKTeacher
 __all__ = [
     "FORMAT",
     "MANIFEST",
+    "CachedTeacherCollator",
     "CachedTeacherDataset",
     "TeacherCache",
     "TeacherCacheError",
@@ -451,7 +452,8 @@ class CachedTeacherDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     :class:`~lud.integrations.hf.DistillationTrainer` turns into a
     :class:`~lud.losses.topk.TopKTeacher` instead of running a teacher. The cache must have been
     written over this data set (same sequence count; each row's length is checked when read).
-    Rows of one batch must have equal lengths (the default collator stacks them).
+    Rows of one batch must have equal lengths for the default collator, which stacks them; for rows
+    of different lengths use :class:`CachedTeacherCollator`.
     """
 
     def __init__(self, dataset: Sequence[dict[str, Any]], cache: TeacherCache) -> None:
@@ -474,3 +476,45 @@ class CachedTeacherDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         row[LOG_PROBS_KEY] = teacher.log_probs
         row[TEMPERATURE_KEY] = torch.tensor(teacher.temperature)
         return row
+
+
+class CachedTeacherCollator:
+    """Stacks rows of :class:`CachedTeacherDataset` of different lengths, padding on the right.
+
+    ``input_ids`` get ``pad_token_id``, ``labels`` get ``-100`` (the padded positions do not count),
+    ``attention_mask`` gets 0, the cached teacher gets indices ``0..k-1`` and log-probability
+    ``-30`` (valid values, never used: their labels are ignored); any other per-token tensor gets 0.
+    0-d tensors (the cache's temperature) are stacked.
+    """
+
+    def __init__(self, pad_token_id: int = 0, label_pad: int = -100) -> None:
+        self.pad_token_id, self.label_pad = int(pad_token_id), int(label_pad)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Tensor]:
+        if not rows:
+            raise ValueError("CachedTeacherCollator: an empty batch")
+        batch: dict[str, Tensor] = {}
+        longest = max(len(r["input_ids"]) for r in rows)
+        for key in rows[0]:
+            values = [torch.as_tensor(r[key]) for r in rows]
+            if values[0].dim() == 0:
+                batch[key] = torch.stack(values)
+                continue
+            padded = []
+            for i, v in enumerate(values):
+                missing = longest - v.shape[0]
+                length = len(rows[i]["input_ids"])
+                if v.shape[0] != length:
+                    raise ValueError(f"CachedTeacherCollator: '{key}' of row {i} has {v.shape[0]} "
+                                     f"positions, its input_ids {length}")
+                if missing:
+                    fill = v.new_full((missing, *v.shape[1:]), self._pad_value(key))
+                    if key == INDICES_KEY:
+                        fill = torch.arange(v.shape[1], dtype=v.dtype).expand(missing, -1).clone()
+                    v = torch.cat([v, fill])
+                padded.append(v)
+            batch[key] = torch.stack(padded)
+        return batch
+
+    def _pad_value(self, key: str) -> float:
+        return {"input_ids": self.pad_token_id, "labels": self.label_pad, LOG_PROBS_KEY: -30.0}.get(key, 0)
