@@ -237,3 +237,29 @@ def test_cli_survives_sigkill_without_losing_or_duplicating_a_shard(
     gpt2(n_layer=2, seed=3).save_pretrained(teacher_dir)
     res = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "another teacher" in res.stderr
+
+
+def test_cli_bad_input_exits_2_naming_it(tokenizer_file: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from lud.cli import main
+
+    teacher_dir = tmp_path / "teacher"
+    gpt2().save_pretrained(teacher_dir)
+    base = ["cache-teacher", "--teacher", str(teacher_dir), "--tokenizer", str(tokenizer_file)]
+    data = tmp_path / "ids.jsonl"
+    data.write_text(json.dumps({"input_ids": [1, 2, VOCAB + 5]}) + "\n")
+    cases = [
+        (["--data", str(tmp_path / "nowhere.jsonl")], "no such file or folder"),
+        (["--data", str(data)], f"token id {VOCAB + 5}, the teacher's vocabulary has {VOCAB}"),
+    ]
+    data2 = tmp_path / "rows.jsonl"
+    data2.write_text(json.dumps({"input_ids": [1, 2, 3]}) + "\n" + json.dumps({"words": "x"}) + "\n")
+    cases.append((["--data", str(data2)], "row 1 holds neither 'input_ids' nor 'text'"))
+    data3 = tmp_path / "ok.jsonl"
+    data3.write_text(json.dumps({"text": "the cat sat"}) + "\n")
+    cases.append((["--data", str(data3), "--top-k", "0"], "k must be an int in [1, vocab_size=300]"))
+    for extra, message in cases:
+        assert main([*base, *extra, "--out", str(tmp_path / "out")]) == 2
+        assert message in capsys.readouterr().err, message
+    assert main([*base, "--data", str(data3), "--out", str(tmp_path / "out"), "--top-k", "8"]) == 0
+    assert "1/1 shards" in capsys.readouterr().out
