@@ -107,6 +107,11 @@ def test_trainer_refuses_what_cannot_work_without_a_dense_teacher(tmp_path: Path
     with pytest.raises(ValueError, match="'kd\\+ls' does not take a top-k teacher"):
         DistillationTrainer(model=student, teacher_model=_gpt2(1, seed=1), loss="kd+ls", teacher_top_k=4,
                             args=_args(tmp_path), train_dataset=_rows())
+    with pytest.raises(ValueError, match="topk_tail must be one of"):
+        DistillationTrainer(model=student, loss="kd", topk_tail="rest", args=_args(tmp_path))
+    with pytest.raises(ValueError, match="teacher_top_k must be a positive int"):
+        DistillationTrainer(model=student, teacher_model=_gpt2(1, seed=1), teacher_top_k=0,
+                            args=_args(tmp_path))
     trainer = DistillationTrainer(model=student, loss="kd", args=_args(tmp_path), train_dataset=_rows())
     with pytest.raises(ValueError, match="no teacher_model and the batch carries no cached teacher"):
         trainer.train()

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lud.losses import TopKTeacher, build_loss
+from lud.losses.kd import KDLoss
 from lud.losses.topk_parallel import vocab_parallel_topk
 
 N, V, SPLIT = 6, 37, 19
@@ -65,12 +66,38 @@ def _fsdp_teacher(rank: int) -> dict[str, torch.Tensor]:
             "grad_finite": torch.tensor(bool(torch.isfinite(student.grad).all()))}
 
 
+class _GatheredKD(KDLoss):
+    """KD with ``gather=True``: the loss sees every rank's rows (here: of a top-k teacher)."""
+
+    def __init__(self) -> None:
+        super().__init__(temperature=1.0)
+        self.gather = True
+
+
+def _gathered_rows(rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank ``rank``'s (student, teacher, targets); rows 3·rank .. 3·rank+2 of one global batch."""
+    g = torch.Generator().manual_seed(7)
+    s, t = torch.randn(6, V, generator=g), torch.randn(6, V, generator=g) * 2
+    y = torch.randint(0, V, (6,), generator=g)
+    rows = slice(3 * rank, 3 * rank + 3)
+    return s[rows], t[rows], y[rows]
+
+
+def _gather_topk(rank: int) -> dict[str, torch.Tensor]:
+    s, t, y = _gathered_rows(rank)
+    s = s.clone().requires_grad_(True)
+    out = _GatheredKD()(s, TopKTeacher.from_logits(t, 5), y)
+    out.total.backward()
+    return {"gathered_total": out.total.detach(), "gathered_grad": s.grad}
+
+
 def _worker(rank: int, init_file: str, out: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         result = _vocab_parallel(rank)
         result.update(_fsdp_teacher(rank))
+        result.update(_gather_topk(rank))
         torch.save(result, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -92,6 +119,17 @@ def test_sharded_teacher_gives_the_exact_topk_on_two_gloo_processes(tmp_path: Pa
         assert torch.equal(got["indices"], got["ref_indices"])
         assert torch.equal(got["log_probs"], got["ref_log_probs"])
         assert bool(got["grad_finite"])
+    # gather=True with a top-k teacher: the loss of the global batch, each rank's rows' gradient
+    # world_size times the one-process gradient (DDP's mean restores it)
+    s = torch.cat([_gathered_rows(r)[0] for r in (0, 1)]).requires_grad_(True)
+    t = torch.cat([_gathered_rows(r)[1] for r in (0, 1)])
+    y = torch.cat([_gathered_rows(r)[2] for r in (0, 1)])
+    ref = build_loss("kd", temperature=1.0)(s, TopKTeacher.from_logits(t, 5), y)
+    ref.total.backward()
+    for rank in (0, 1):
+        got = torch.load(f"{out}.{rank}", weights_only=True)
+        torch.testing.assert_close(got["gathered_total"], ref.total.detach())
+        torch.testing.assert_close(got["gathered_grad"], 2 * s.grad[3 * rank: 3 * rank + 3])
 
 
 def test_one_process_needs_the_whole_vocabulary() -> None:

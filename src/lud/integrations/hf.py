@@ -50,7 +50,7 @@ from lud.losses import DistillationLoss, LossOutput, build_loss
 
 from .distributed import average_gradients
 from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX, check_gram_budget, valid_rows
-from .topk_teacher import CACHE_KEYS, online_topk, pop_cached_teacher, topk_valid_rows
+from .topk_teacher import CACHE_KEYS, check_topk_options, online_topk, pop_cached_teacher, topk_valid_rows
 
 __all__ = ["DistillationTrainer", "LOSS_STATE_FILE"]
 
@@ -135,8 +135,7 @@ class DistillationTrainer(Trainer):
         self.distillation_loss = self._build_loss(loss, loss_params).to(device)
         self.teacher_model = None if teacher_model is None else self._freeze(teacher_model, device)
         self.teacher_top_k, self.topk_tail = teacher_top_k, topk_tail
-        if teacher_model is None or teacher_top_k is not None:
-            self.distillation_loss._check_topk_support()  # ValueError naming why not
+        check_topk_options(self.distillation_loss, teacher_top_k, topk_tail, cached=teacher_model is None)
         self.shift_labels = shift_labels
         self.ignore_index = int(ignore_index)
         if max_gram_elements < 1:

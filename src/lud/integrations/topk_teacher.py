@@ -23,10 +23,23 @@ from torch import Tensor
 
 from lud.data.teacher_cache import INDICES_KEY, LOG_PROBS_KEY, TEMPERATURE_KEY
 from lud.losses import DistillationLoss, TopKTeacher
+from lud.losses.topk import TAILS
 
-__all__ = ["CACHE_KEYS", "online_topk", "pop_cached_teacher", "topk_valid_rows"]
+__all__ = ["CACHE_KEYS", "check_topk_options", "online_topk", "pop_cached_teacher", "topk_valid_rows"]
 
 CACHE_KEYS = (INDICES_KEY, LOG_PROBS_KEY, TEMPERATURE_KEY)
+
+
+def check_topk_options(loss: DistillationLoss, teacher_top_k: int | None, tail: str, cached: bool) -> None:
+    """``ValueError`` naming a bad ``teacher_top_k`` or ``tail``, or a loss that cannot take top-k."""
+    if teacher_top_k is not None and (
+        not isinstance(teacher_top_k, int) or isinstance(teacher_top_k, bool) or teacher_top_k < 1
+    ):
+        raise ValueError(f"teacher_top_k must be a positive int or None, got {teacher_top_k!r}")
+    if tail not in TAILS:
+        raise ValueError(f"topk_tail must be one of {TAILS}, got {tail!r}")
+    if cached or teacher_top_k is not None:
+        loss.check_topk_support()
 
 
 def pop_cached_teacher(inputs: dict[str, Any], loss: DistillationLoss, tail: str) -> TopKTeacher | None:

@@ -286,7 +286,7 @@ class DistillationLoss(nn.Module):
         self, student_logits: Tensor, teacher: TopKTeacher, targets: Tensor | None, epoch: Epoch
     ) -> LossOutput:
         """:meth:`forward` with a :class:`TopKTeacher`: support check, selection, validation."""
-        self._check_topk_support()
+        self.check_topk_support()
         name = type(self).__name__
         if isinstance(student_logits, Tensor) and student_logits.dim() == 3:
             shape = tuple(student_logits.shape)
@@ -320,8 +320,12 @@ class DistillationLoss(nn.Module):
                 y = None if y is None else self._gather(y)
             return self.compute_topk(s, t, y, epoch)
 
-    def _check_topk_support(self) -> None:
-        """``ValueError`` unless this loss takes a top-k teacher (registry ``inputs`` and method)."""
+    def check_topk_support(self) -> None:
+        """``ValueError`` saying why, unless this loss takes a top-k teacher.
+
+        A registered loss must list ``"topk"`` in its registry entry's ``inputs``; every loss must
+        implement :meth:`compute_topk`.
+        """
         name = getattr(type(self), "registry_name", type(self).__name__)
         implemented = type(self).compute_topk is not DistillationLoss.compute_topk
         if "registry_name" in type(self).__dict__:
