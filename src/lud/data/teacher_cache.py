@@ -11,7 +11,7 @@ Encoding (``codec`` in the manifest), per (token, class) entry:
     one little-endian uint32: the class index in the high 17 bits, the low 15 bits of the
     log-probability's float16 bit pattern in the low 15. A log-probability is ``<= 0``, so the
     float16 sign bit is known and dropping it loses nothing: 4 bytes per entry, **256 bytes per
-    token at k = 64** (DistillKit's figure is ~300).
+    token at k = 64**.
 ``int32+float16`` (larger vocabularies)
     the indices as int32, then the log-probabilities as float16: 6 bytes per entry, 384 at k = 64.
 
