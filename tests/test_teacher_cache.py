@@ -25,6 +25,7 @@ from lud.data.teacher_cache import (  # noqa: E402  (after the skips)
     MANIFEST,
     TeacherCache,
     TeacherCacheError,
+    codec_for,
     decode,
     encode,
     model_fingerprint,
@@ -82,7 +83,7 @@ def _shard_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.bin"))}
 
 
-@pytest.mark.parametrize("vocab", [VOCAB, 2**17, 2**17 + 1, 151_936])
+@pytest.mark.parametrize("vocab", [VOCAB, 2**17, 2**17 + 1, 151_936, 2**18])
 def test_codec_round_trip_is_exact(vocab: int) -> None:
     g = torch.Generator().manual_seed(0)
     idx = torch.stack([torch.randperm(vocab, generator=g)[:8] for _ in range(5)])
@@ -90,12 +91,18 @@ def test_codec_round_trip_is_exact(vocab: int) -> None:
     lp = -(torch.rand(5, 8, generator=g) * 30).to(torch.float16)
     lp[1, 0] = 0.0
     lp[2, 1] = -65504.0  # float16's most negative finite value
-    codec = "packed32" if vocab <= 2**17 else "int32+float16"
+    codec = codec_for(vocab)
+    assert codec == ("packed32" if vocab <= 2**17 else "bits33")
     data = encode(idx, lp, codec)
-    assert len(data) == 5 * 8 * (4 if codec == "packed32" else 6)
+    assert len(data) == 5 * 8 * (32 if codec == "packed32" else 33) // 8
     i2, lp2 = decode(data, 5, 8, codec)
     assert torch.equal(i2, idx)
     assert torch.equal(lp2.view(torch.int16), lp.view(torch.int16))  # bit for bit
+    # across the bit stream's chunk boundary (2**16 entries), 7 entries per row: rows straddle bytes
+    big_idx = torch.randint(0, vocab, (20_000, 7), generator=g)
+    big_lp = -(torch.rand(20_000, 7, generator=g) * 20).to(torch.float16)
+    i3, lp3 = decode(encode(big_idx, big_lp, codec), 20_000, 7, codec)
+    assert torch.equal(i3, big_idx) and torch.equal(lp3, big_lp)
 
 
 def test_reader_yields_the_online_topk_and_256_bytes_per_token(tokenizer_file: Path, tmp_path: Path) -> None:
