@@ -270,3 +270,8 @@ def test_cli_bad_input_exits_2_naming_it(tokenizer_file: Path, tmp_path: Path,
         assert message in capsys.readouterr().err, message
     assert main([*base, "--data", str(data3), "--out", str(tmp_path / "out"), "--top-k", "8"]) == 0
     assert "1/1 shards" in capsys.readouterr().out
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]]}).save_to_disk(str(tmp_path / "ds"))
+    assert main([*base, "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "out2"), "--top-k", "8",
+                 "--shard-size", "1"]) == 0
+    assert "2/2 shards, 5 tokens" in capsys.readouterr().out
