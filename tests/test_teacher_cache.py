@@ -142,11 +142,15 @@ def test_corrupt_truncated_missing_shards_and_foreign_identity_are_named(
     shard.write_bytes(good[:-4])
     with pytest.raises(TeacherCacheError, match=r"shard-00001\.bin is truncated"):
         TeacherCache(folder)[4]
+    _write(folder, model, seqs, tok_sha)  # resuming rewrites a shard of the wrong size
+    assert shard.read_bytes() == good
+    shard.write_bytes(good[:10] + bytes([good[10] ^ 1]) + good[11:])
+    _write(folder, model, seqs, tok_sha, verify_existing=True)  # and, asked to, a corrupt one
+    assert shard.read_bytes() == good
     shard.unlink()
     with pytest.raises(TeacherCacheError, match=r"shard-00001\.bin is missing"):
         TeacherCache(folder)[5]
-    # resuming rewrites the damaged shard, byte-identical
-    _write(folder, model, seqs, tok_sha)
+    _write(folder, model, seqs, tok_sha)  # and a missing one, byte-identical
     assert shard.read_bytes() == good
     # another tokenizer / teacher / data set
     with pytest.raises(TeacherCacheError, match="another tokenizer"):
@@ -184,6 +188,12 @@ def test_half_written_cache_resumes_to_the_uninterrupted_bytes(tokenizer_file: P
     # a kill after a shard's rename but before the manifest records it, and one mid-write
     (part / "shard-00002.bin").write_bytes((ref / "shard-00002.bin").read_bytes()[:100])
     (part / "shard-00003.bin.tmp").write_bytes(b"partial")
+    # a kill while the very first manifest was being written: only its temporary file exists
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "manifest.json.tmp").write_bytes(b'{"format": ')
+    _write(first, model, seqs, tok_sha)
+    assert _shard_bytes(first) == _shard_bytes(ref)
     m = _write(part, model, seqs, tok_sha)
     assert m["complete"]
     assert _shard_bytes(part) == _shard_bytes(ref)

@@ -36,6 +36,8 @@ def cache_teacher_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per teacher call (default 8)")
     p.add_argument("--max-shards", type=int, help="stop after writing this many new shards")
     p.add_argument("--device", default="cpu", help="device of the teacher (default cpu)")
+    p.add_argument("--verify-existing", action="store_true",
+                   help="on resume, check every recorded shard's sha256 (reads the whole cache)")
     return p
 
 
@@ -104,6 +106,7 @@ def main(argv: list[str], description: str) -> int:
         tokenizer_sha256=tokenizer_fingerprint(tokenizer), teacher_sha256=model_fingerprint(model),
         temperature=args.temperature, shard_size=args.shard_size, batch_size=args.batch_size,
         max_shards=args.max_shards, device=args.device, log=log.info,
+        verify_existing=args.verify_existing,
     )
     done = len(manifest["shards"])
     print(f"teacher cache {args.out}: {done}/{manifest['num_shards']} shards, {manifest['tokens']} tokens, "

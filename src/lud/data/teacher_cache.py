@@ -19,7 +19,8 @@ Encoding (``codec`` in the manifest), per (token, class) entry:
 Durability. The manifest is written first (no shards), then each shard is written to a temporary
 file, flushed and ``fsync``-ed, renamed into place, and only then recorded in the manifest (itself
 replaced the same way). A kill at any point leaves every recorded shard whole; a shard written but
-not yet recorded, or a stray temporary file, is simply written again on resume. Shards are a pure
+not yet recorded, or a stray temporary file, is simply written again on resume, as is a recorded
+shard found missing or of the wrong size (or failing its sha256, with ``verify_existing``). Shards are a pure
 function of the teacher, the data and the settings (fixed batch composition inside a shard), so a
 resumed cache is byte-identical to one written in one go. Each recorded shard carries its sha256
 and byte count, verified whenever it is read.
@@ -264,6 +265,7 @@ def write_teacher_cache(
     max_shards: int | None = None,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] | None = None,
+    verify_existing: bool = False,
 ) -> dict[str, Any]:
     """Write (or resume) the cache of ``teacher``'s top-k over ``sequences`` in ``folder``.
 
@@ -280,6 +282,9 @@ def write_teacher_cache(
         temperature: softmax temperature of the stored log-probabilities.
         shard_size: sequences per shard. max_shards: stop after writing this many new shards.
         log: called with one line per written shard.
+        verify_existing: on resume, check every recorded shard's sha256 (reads the whole cache);
+            by default only its size is checked (the reader checks the sha256 of what it reads).
+            A recorded shard that is missing or fails the check is written again.
 
     Returns:
         the manifest (a dict), with ``complete`` telling whether every shard is written.
@@ -314,7 +319,7 @@ def write_teacher_cache(
                                  f"({key} = {manifest.get(key)!r}, now {fresh[key]!r}); write to a new "
                                  "folder, or resume with the same teacher, tokenizer, data and settings")
     else:
-        if folder.exists() and any(folder.iterdir()):
+        if folder.exists() and any(not p.name.endswith(".tmp") for p in folder.iterdir()):
             raise ValueError(f"{folder} is not empty and holds no {MANIFEST}: refusing to write a "
                              "teacher cache into it")
         folder.mkdir(parents=True, exist_ok=True)
@@ -327,9 +332,12 @@ def write_teacher_cache(
         entry = manifest["shards"].get(str(shard))
         if entry is not None:
             try:
-                _check_shard(folder, entry)
+                if verify_existing:
+                    _check_shard(folder, entry)
+                elif (folder / entry["file"]).stat().st_size != entry["bytes"]:
+                    raise TeacherCacheError(f"{entry['file']} has the wrong size")
                 continue
-            except TeacherCacheError as exc:  # a recorded shard damaged since: write it again
+            except (TeacherCacheError, FileNotFoundError) as exc:  # damaged since: write it again
                 if log:
                     log(f"rewriting shard {shard}: {exc}")
         if max_shards is not None and written >= max_shards:
