@@ -28,13 +28,50 @@ def _full_logits() -> torch.Tensor:
     return torch.randn(N, V, generator=torch.Generator().manual_seed(0)) * 3
 
 
+_COLLECTIVES = ("all_gather", "all_gather_single", "all_gather_into_tensor", "all_reduce", "broadcast")
+
+
+class _RecordCollectives:
+    """Records the largest tensor (elements) each ``torch.distributed`` collective is given."""
+
+    def __init__(self) -> None:
+        self.sizes: list[tuple[str, int]] = []
+        self._saved: dict[str, object] = {}
+
+    def __enter__(self) -> _RecordCollectives:
+        for name in _COLLECTIVES:
+            original = getattr(dist, name, None)
+            if original is None:
+                continue
+            self._saved[name] = original
+
+            def wrapped(*args: object, _original=original, _name=name, **kwargs: object) -> object:
+                tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+                tensors += [t for a in args if isinstance(a, list) for t in a if isinstance(t, torch.Tensor)]
+                self.sizes.append((_name, max((t.numel() for t in tensors), default=0)))
+                return _original(*args, **kwargs)
+
+            setattr(dist, name, wrapped)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, original in self._saved.items():
+            setattr(dist, name, original)
+
+    @property
+    def largest(self) -> int:
+        return max((n for _, n in self.sizes), default=0)
+
+
 def _vocab_parallel(rank: int) -> dict[str, torch.Tensor]:
     full = _full_logits()
     lo, hi = (0, SPLIT) if rank == 0 else (SPLIT, V)  # uneven slices: 19 and 18 classes
     out = {}
     for k in (5, 25):  # 25 > a slice's width: the narrow side pads its candidates
-        got = vocab_parallel_topk(full[:, lo:hi], lo, V, k, temperature=2.0)
+        with _RecordCollectives() as comm:
+            got = vocab_parallel_topk(full[:, lo:hi], lo, V, k, temperature=2.0)
         out[f"indices{k}"], out[f"log_probs{k}"] = got.indices, got.log_probs
+        out[f"largest_collective{k}"] = torch.tensor(comm.largest)
     return out
 
 
@@ -54,8 +91,9 @@ def _fsdp_teacher(rank: int) -> dict[str, torch.Tensor]:
     fully_shard(sharded)
     local = sharded.transformer.wte.weight.to_local()
     ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(rank))  # this rank's batch
-    with torch.no_grad():
+    with torch.no_grad(), _RecordCollectives() as comm:
         topk = TopKTeacher.from_logits(sharded(input_ids=ids).logits, 16)
+    with torch.no_grad():
         ref = TopKTeacher.from_logits(whole(input_ids=ids).logits, 16)
     # a student step on this rank's tokens with the sparse teacher
     student = torch.randn(2, 10, 300, requires_grad=True)
@@ -63,7 +101,8 @@ def _fsdp_teacher(rank: int) -> dict[str, torch.Tensor]:
     loss.total.backward()
     return {"indices": topk.indices, "log_probs": topk.log_probs, "ref_indices": ref.indices,
             "ref_log_probs": ref.log_probs, "local_rows": torch.tensor(local.shape[0]),
-            "grad_finite": torch.tensor(bool(torch.isfinite(student.grad).all()))}
+            "grad_finite": torch.tensor(bool(torch.isfinite(student.grad).all())),
+            "fsdp_collectives": torch.tensor(len(comm.sizes)), "fsdp_largest": torch.tensor(comm.largest)}
 
 
 class _GatheredKD(KDLoss):
@@ -115,10 +154,17 @@ def test_sharded_teacher_gives_the_exact_topk_on_two_gloo_processes(tmp_path: Pa
             ref = TopKTeacher.from_logits(full, k, temperature=2.0)
             assert torch.equal(got[f"indices{k}"], ref.indices)
             torch.testing.assert_close(got[f"log_probs{k}"], ref.log_probs, rtol=0, atol=2e-6)
+            # the largest exchange is the (N, k) candidates, never the (N, V) logits
+            assert int(got[f"largest_collective{k}"]) == N * k
         assert int(got["local_rows"]) == 150  # the 300-row embedding is split over two ranks
         assert torch.equal(got["indices"], got["ref_indices"])
         assert torch.equal(got["log_probs"], got["ref_log_probs"])
         assert bool(got["grad_finite"])
+        # FSDP gathered parameters (one flat buffer per wrapped module: root and two blocks), and
+        # nothing it exchanged was as large as the rank's (2 x 10 x 300) logits
+        if hasattr(dist, "all_gather_single"):  # torch's FSDP2 collective since 2.14 (recorded)
+            assert int(got["fsdp_collectives"]) >= 3
+        assert int(got["fsdp_largest"]) < 2 * 10 * 300
     # gather=True with a top-k teacher: the loss of the global batch, each rank's rows' gradient
     # world_size times the one-process gradient (DDP's mean restores it)
     s = torch.cat([_gathered_rows(r)[0] for r in (0, 1)]).requires_grad_(True)
