@@ -53,7 +53,7 @@ TAILS = ("bucket", "zero", "uniform")
 _MASS_TOLERANCE = 1e-2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # no element-wise __eq__ on tensors: compare fields yourself
 class TopKTeacher:
     """The teacher's top-k per token: ``indices`` and ``log_probs`` of shape ``(..., k)``.
 
