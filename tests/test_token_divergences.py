@@ -216,3 +216,32 @@ def test_fkl_with_lud_temperatures_is_luds_instance_kl_bit_for_bit(shape: tuple[
     per_token = token_divergence("fkl")(zs, zt, temp)
     t_row = temp.expand_as(zs).mean(dim=1) if temp.dim() else temp
     assert torch.equal(weighted_mean(t_row.pow(2) * per_token, w), instance_kl(zs, zt, temp, w))
+
+
+# -------------------------------------------------------------------- a top-k teacher
+@pytest.mark.parametrize("name", ("fkl", "rkl"))
+@pytest.mark.parametrize("tail", ("bucket", "uniform"))
+def test_top_k_teacher_with_every_class_equals_the_dense_loss(name: str, tail: str) -> None:
+    from lud.losses import TopKTeacher
+
+    s = STUDENT.clone().requires_grad_(True)
+    dense = build_loss(name)(s, TEACHER, LABELS)
+    (g_dense,) = torch.autograd.grad(dense.total, s)
+    topk = TopKTeacher.from_logits(TEACHER, STUDENT.shape[-1], temperature=1.0)
+    topk = TopKTeacher(topk.indices, topk.log_probs, tail, topk.temperature)
+    sparse = build_loss(name)(s, topk, LABELS)
+    (g_sparse,) = torch.autograd.grad(sparse.total, s)
+    torch.testing.assert_close(sparse.total, dense.total, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_sparse, g_dense, atol=1e-6, rtol=1e-5)
+    assert sparse.terms.keys() == dense.terms.keys()
+
+
+def test_top_k_teacher_is_refused_by_divergences_that_need_every_class() -> None:
+    from lud.losses import TopKTeacher
+
+    topk = TopKTeacher.from_logits(TEACHER, 4, temperature=1.0)
+    for name in ("gjsd", "skl", "srkl", "tvd"):
+        with pytest.raises(ValueError, match="top-k teacher"):
+            build_loss(name)(STUDENT, topk, LABELS)
+    with pytest.raises(ValueError, match="temperature"):
+        build_loss("fkl", temperature=2.0)(STUDENT, topk, LABELS)

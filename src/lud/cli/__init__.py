@@ -1,5 +1,5 @@
 """The ``lud`` command line: ``train``, ``eval``, ``bench``, ``tune``, ``report``, ``list``, ``config``,
-``demo``.
+``demo``, ``cache-teacher``.
 
 Exit codes: 0 success; 1 training diverged (NaN/Inf loss); 2 bad usage, configuration, data or
 checkpoint, or an output folder that cannot be written (full disk, read-only): the message goes to
@@ -29,6 +29,7 @@ _COMMANDS = {
     "list": "list registered losses, models and data sets, and the packaged configs",
     "config": "show a config fully resolved: bases merged, overrides applied, loss parameters",
     "demo": "run the built-in demonstration",
+    "cache-teacher": "write a teacher's top-k log-probabilities over a tokenized data set (resumable)",
 }
 
 
@@ -494,6 +495,12 @@ def _cmd_config(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_cache_teacher(argv: list[str]) -> int:
+    from .cache_teacher import main as cache_main
+
+    return cache_main(argv, _COMMANDS["cache-teacher"])
+
+
 def _cmd_demo(argv: list[str]) -> int:
     from .demo import main as demo_main
 
@@ -565,6 +572,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "list": _cmd_list,
         "config": _cmd_config,
         "demo": _cmd_demo,
+        "cache-teacher": _cmd_cache_teacher,
     }
     cmd = args[0]
     if cmd not in commands:

@@ -60,6 +60,7 @@ from lud.losses import DistillationLoss, LossOutput
 from .distributed import average_gradients
 from .loss_step import distillation_loss_step, resolve_loss
 from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX
+from .topk_teacher import CACHE_KEYS, check_topk_options, online_topk, pop_cached_teacher
 
 __all__ = ["DistillationTrainer", "LOSS_STATE_FILE"]
 
@@ -101,7 +102,12 @@ class DistillationTrainer(Trainer):
     Args:
         *args, **kwargs: everything ``transformers.Trainer`` takes (``model`` is the student).
         teacher_model: the teacher; same inputs, same label space (vocabulary or classes) as the
-            student. Frozen and moved to the training device here.
+            student. Frozen and moved to the training device here. ``None`` when every batch
+            carries its cached top-k teacher (:class:`lud.data.teacher_cache.CachedTeacherDataset`;
+            see :mod:`lud.integrations.topk_teacher`).
+        teacher_top_k: give the loss the teacher's top-k (float16 log-probabilities, as the cache
+            stores them) instead of its dense logits; the loss must take a top-k teacher.
+        topk_tail: the missing-mass rule of a top-k teacher (:data:`lud.losses.topk.TAILS`).
         loss: a registered loss name (``lud.losses.available_losses()``) or a built
             :class:`~lud.losses.DistillationLoss`. Default ``"kd"``.
         loss_params: keyword arguments of :func:`lud.losses.build_loss` (only with a name).
@@ -129,7 +135,7 @@ class DistillationTrainer(Trainer):
     def __init__(
         self,
         *args: Any,
-        teacher_model: nn.Module,
+        teacher_model: nn.Module | None = None,
         loss: str | DistillationLoss = "kd",
         loss_params: dict[str, Any] | None = None,
         shift_labels: bool | None = None,
@@ -137,6 +143,8 @@ class DistillationTrainer(Trainer):
         max_gram_elements: int = DEFAULT_MAX_GRAM_ELEMENTS,
         vocab_size: int | None = None,
         token_normalization: bool = True,
+        teacher_top_k: int | None = None,
+        topk_tail: str = "bucket",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -156,7 +164,9 @@ class DistillationTrainer(Trainer):
             self.loss_is_scaled_for_ga = None
         device = self._student_device()
         self.distillation_loss = self._build_loss(loss, loss_params).to(device)
-        self.teacher_model = self._freeze(teacher_model, device)
+        self.teacher_model = None if teacher_model is None else self._freeze(teacher_model, device)
+        self.teacher_top_k, self.topk_tail = teacher_top_k, topk_tail
+        check_topk_options(self.distillation_loss, teacher_top_k, topk_tail, cached=teacher_model is None)
         self.shift_labels = shift_labels
         self.ignore_index = int(ignore_index)
         if max_gram_elements < 1:
@@ -230,13 +240,22 @@ class DistillationTrainer(Trainer):
             raise ValueError("DistillationTrainer needs 'labels' in every batch (use -100 to ignore "
                              f"a position); got keys {sorted(inputs)}")
         labels = inputs["labels"]
+        inputs = dict(inputs)
+        topk = pop_cached_teacher(inputs, self.distillation_loss, self.topk_tail)
         features = {k: v for k, v in inputs.items() if k != "labels"}  # no second loss inside HF
         outputs = model(**features)
-        if self.teacher_model.training:  # someone called .train() on it: keep dropout off
-            self.teacher_model.eval()
-        # the teacher is not wrapped by accelerate: give it the student's mixed precision here
-        with torch.no_grad(), self.accelerator.autocast():
-            teacher_logits = _logits(self.teacher_model(**features))
+        teacher_logits = None
+        if topk is None:
+            if self.teacher_model is None:
+                raise ValueError("DistillationTrainer has no teacher_model and the batch carries no "
+                                 f"cached teacher ({', '.join(CACHE_KEYS)})")
+            if self.teacher_model.training:  # someone called .train() on it: keep dropout off
+                self.teacher_model.eval()
+            # the teacher is not wrapped by accelerate: give it the student's mixed precision here
+            with torch.no_grad(), self.accelerator.autocast():
+                teacher_logits = _logits(self.teacher_model(**features))
+            if self.teacher_top_k is not None:
+                topk = online_topk(teacher_logits, self.teacher_top_k, self.distillation_loss, self.topk_tail)
         student_logits = _logits(outputs)
         shift = self.shift_labels
         if shift is None:
@@ -244,7 +263,8 @@ class DistillationTrainer(Trainer):
         if not (self.token_normalization and model.training):
             num_items_in_batch = None
         loss, out = distillation_loss_step(
-            self.distillation_loss, student_logits, teacher_logits, labels, shift=shift,
+            self.distillation_loss, student_logits, teacher_logits if topk is None else topk, labels,
+            shift=shift,
             epoch=float(self.state.epoch or 0.0), train=model.training, ignore_index=self.ignore_index,
             vocab_size=self.vocab_size, max_gram_elements=self.max_gram_elements,
             num_items_in_batch=num_items_in_batch,
@@ -255,6 +275,10 @@ class DistillationTrainer(Trainer):
         if out is not None and model.training:
             self._accumulate(out)
         return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *CACHE_KEYS]))
 
     # -- logging --------------------------------------------------------------------------------
     def _accumulate(self, out: LossOutput) -> None:

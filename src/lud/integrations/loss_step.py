@@ -29,10 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lud.losses import DistillationLoss, LossOutput, build_loss
+from lud.losses import DistillationLoss, LossOutput, TopKTeacher, build_loss
 from lud.losses.token_divergence import shared_vocabulary
 
 from .tokens import IGNORE_INDEX, check_gram_budget, valid_rows
+from .topk_teacher import topk_valid_rows
 
 __all__ = ["distillation_loss_step", "resolve_loss"]
 
@@ -61,7 +62,7 @@ def resolve_loss(loss: str | DistillationLoss, params: dict[str, Any] | None) ->
 def distillation_loss_step(
     loss: DistillationLoss,
     student_logits: Tensor,
-    teacher_logits: Tensor,
+    teacher_logits: Tensor | TopKTeacher,
     labels: Tensor,
     *,
     shift: bool,
@@ -77,7 +78,8 @@ def distillation_loss_step(
     Args:
         loss: a built loss of :mod:`lud.losses`.
         student_logits: ``(B, C)`` or ``(B, T, V)``, attached to the graph.
-        teacher_logits: same layout (width may exceed ``vocab_size``).
+        teacher_logits: same layout (width may exceed ``vocab_size``), or a
+            :class:`~lud.losses.TopKTeacher` over the same positions (for losses that take one).
         labels: ``(B,)`` or ``(B, T)``; ``ignore_index`` marks positions that do not count.
         shift: causal language modelling (logit ``t`` predicts label ``t + 1``).
         epoch: passed to the loss.
@@ -91,9 +93,15 @@ def distillation_loss_step(
         The scalar (0 connected to the graph when no position is valid) and the loss's output
         (``None`` then). ``output.total`` is the unscaled micro-batch mean.
     """
-    if vocab_size is not None:
-        student_logits, teacher_logits = shared_vocabulary(student_logits, teacher_logits, vocab_size)
-    s, t, y = valid_rows(student_logits, teacher_logits, labels, shift=shift, ignore_index=ignore_index)
+    if isinstance(teacher_logits, TopKTeacher):
+        if vocab_size is not None:
+            student_logits, _ = shared_vocabulary(student_logits, student_logits, vocab_size)
+        s, t, y = topk_valid_rows(student_logits, teacher_logits, labels, shift=shift,
+                                  ignore_index=ignore_index)
+    else:
+        if vocab_size is not None:
+            student_logits, teacher_logits = shared_vocabulary(student_logits, teacher_logits, vocab_size)
+        s, t, y = valid_rows(student_logits, teacher_logits, labels, shift=shift, ignore_index=ignore_index)
     if s.shape[0] == 0:
         # nothing to learn from: a zero that keeps the graph (DDP expects every rank to backward)
         return student_logits.sum() * 0.0, None

@@ -37,6 +37,7 @@ from .registry import (
 )
 from .standardize import standardize_logits  # noqa: E402
 from .token_divergence import token_divergence  # noqa: E402
+from .topk import TopKTeacher, topk_forward_kl, topk_reverse_kl  # noqa: E402
 
 __all__ = [
     "DistillationLoss",
@@ -52,4 +53,7 @@ __all__ = [
     "register_preset",
     "standardize_logits",
     "token_divergence",
+    "TopKTeacher",
+    "topk_forward_kl",
+    "topk_reverse_kl",
 ]

@@ -40,6 +40,14 @@ two strong tensors: ``ValueError`` naming the problem. ``ce_on_both_views`` tell
 the loss itself already includes the cross-entropy of the strong view (term ``ce_strong``): a
 trainer never adds a CE of its own for either view.
 
+A sparse teacher. ``teacher_logits`` may be a :class:`~lud.losses.topk.TopKTeacher` (the
+teacher's top-k indices and log-probabilities per token, ``(N, k)`` or ``(B, T, k)``) for a loss
+whose registry entry lists ``"topk"`` in its ``inputs`` and that implements
+:meth:`DistillationLoss.compute_topk`; it is validated (indices in range and distinct per row,
+log-probabilities finite and ``<= 0``), ``(B, T, k)`` rows go through the same ignore-index
+selection as dense logits, and ``compute_topk`` receives float32 student logits and the ``(N, k)``
+teacher. Every other loss refuses it with a ``ValueError`` saying why.
+
 The epoch. ``epoch`` is a number or a 0-d tensor. Every epoch-dependent weight (DKD's and RLD's
 warm-up, CTKD's curriculum, LUD's rank warm-up) is computed with the same type it was given: a
 tensor epoch gives tensor weights and no Python float is ever made from it, so a loss under
@@ -58,6 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from .params import check_bool
+from .topk import TopKTeacher
 
 __all__ = ["DistillationLoss", "Epoch", "LossOutput", "linear_warmup", "validate_logits"]
 
@@ -225,6 +234,10 @@ class DistillationLoss(nn.Module):
     ce_on_both_views: bool = False
     #: target value that marks a token of ``(B, T, C)`` input to leave out (padding, prompt)
     ignore_index: int = -100
+    #: why the loss refuses a :class:`~lud.losses.topk.TopKTeacher` (when it does)
+    topk_refusal: str = (
+        "it needs the teacher's logits over every class, which a top-k teacher does not have"
+    )
 
     def __init__(self, validate: bool = True, gather: bool = False) -> None:
         super().__init__()
@@ -293,6 +306,10 @@ class DistillationLoss(nn.Module):
             raise ValueError(f"loss '{name}' needs targets, got None")
         strong = self._check_views(strong_student_logits, strong_teacher_logits)
         epoch = as_epoch(epoch)
+        if isinstance(teacher_logits, TopKTeacher):
+            if strong is not None:
+                raise ValueError(f"loss '{name}': a top-k teacher takes one view")
+            return self._forward_topk(student_logits, teacher_logits, targets, epoch)
         if isinstance(student_logits, Tensor) and student_logits.dim() == 3:
             if strong is not None:
                 raise ValueError(f"loss '{name}': two views take (N, C) logits, not (B, T, C)")
@@ -328,6 +345,65 @@ class DistillationLoss(nn.Module):
                 s2 = self._gather(s2, differentiable=True, check=self.validate)
                 t2 = self._gather(t2)
             return self.compute_two_views(s, t, y, epoch, s2, t2)
+
+    def _forward_topk(
+        self, student_logits: Tensor, teacher: TopKTeacher, targets: Tensor | None, epoch: Epoch
+    ) -> LossOutput:
+        """:meth:`forward` with a :class:`TopKTeacher`: support check, selection, validation."""
+        self.check_topk_support()
+        name = type(self).__name__
+        if isinstance(student_logits, Tensor) and student_logits.dim() == 3:
+            shape = tuple(student_logits.shape)
+            if teacher.shape != shape[:2]:
+                raise ValueError(f"student_logits has shape {shape}; the top-k teacher must have rows "
+                                 f"{shape[:2]}, got {teacher.shape} (k = {teacher.k})")
+            flat = teacher.reshape(-1)
+            if targets is not None and isinstance(targets, Tensor) and tuple(targets.shape) == shape[:2]:
+                flat = flat.select(targets.reshape(-1) != self.ignore_index)
+            student_logits, _, targets = self._valid_tokens(student_logits, None, targets)
+            teacher = flat
+            if student_logits.shape[0] == 0:
+                return LossOutput(total=student_logits.float().sum() * 0.0, terms={})
+        if self.validate:
+            validate_logits(student_logits, None, targets)
+            if teacher.shape != (student_logits.shape[0],):
+                raise ValueError(f"batch-size mismatch: student_logits has {student_logits.shape[0]} "
+                                 f"rows, the top-k teacher {teacher.shape}")
+            teacher.check(student_logits.shape[1])
+        if teacher.k > student_logits.shape[1]:
+            raise ValueError(f"loss '{name}': the top-k teacher keeps k = {teacher.k} classes, the "
+                             f"student has only {student_logits.shape[1]}")
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            s = student_logits.float()
+            y = None if targets is None else targets.long()
+            t = teacher.to(s.device)
+            if self.gather:
+                s = self._gather(s, differentiable=True, check=self.validate)
+                t = TopKTeacher(self._gather(t.indices), self._gather(t.log_probs), t.tail,
+                                t.temperature, t.vocab_size, validate=False)
+                y = None if y is None else self._gather(y)
+            return self.compute_topk(s, t, y, epoch)
+
+    def check_topk_support(self) -> None:
+        """``ValueError`` saying why, unless this loss takes a top-k teacher.
+
+        A registered loss must list ``"topk"`` in its registry entry's ``inputs``; every loss must
+        implement :meth:`compute_topk`.
+        """
+        name = getattr(type(self), "registry_name", type(self).__name__)
+        implemented = type(self).compute_topk is not DistillationLoss.compute_topk
+        if "registry_name" in type(self).__dict__:
+            from .registry import loss_entries
+
+            inputs = next((e.inputs for e in loss_entries() if e.cls is type(self) and e.name == name), ())
+            if "topk" not in inputs:
+                raise ValueError(
+                    f"loss '{name}' does not take a top-k teacher (its registry inputs are "
+                    f"{tuple(inputs)}, without 'topk'): {self.topk_refusal}. Pass the teacher's "
+                    "full logits, or use a loss that lists 'topk' (lud.losses.loss_entries(inputs='topk'))"
+                )
+        if not implemented:
+            raise ValueError(f"loss '{name}' does not take a top-k teacher: {self.topk_refusal}")
 
     def _check_views(
         self, strong_student: Tensor | None, strong_teacher: Tensor | None
@@ -409,6 +485,19 @@ class DistillationLoss(nn.Module):
         epoch: Epoch,
     ) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def compute_topk(
+        self,
+        student_logits: Tensor,
+        teacher: TopKTeacher,
+        targets: Tensor | None,
+        epoch: Epoch,
+    ) -> LossOutput:  # pragma: no cover - abstract
+        """:meth:`compute` with a ``(N, k)`` top-k teacher (float32 student logits, validated).
+
+        Implemented by the losses whose registry entry lists ``"topk"`` in ``inputs``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no top-k path")
 
     def compute_two_views(
         self,

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .registry import register_loss
 from .token_divergence import TokenDivergenceLoss, kl_from_log_probs, register_divergence, scaled_log_softmax
+from .topk import topk_forward_kl
 
 __all__ = ["ForwardKLLoss", "forward_kl"]
 
@@ -28,7 +29,7 @@ def forward_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
                              scaled_log_softmax(student_logits, temperature))
 
 
-@register_loss("fkl", family="token", inputs=("dense", "tokens"),
+@register_loss("fkl", family="token", inputs=("dense", "tokens", "topk"),
                summary="forward KL(p_T‖p_S) per token; T = 1, 0.5·CE + 0.5·KL (torchtune)")
 class ForwardKLLoss(TokenDivergenceLoss):
     """Forward KL per token: ``ce_weight · CE + (1 − ce_weight) · KL(p_T || p_S)``. Terms: ``ce``, ``fkl``.
@@ -37,6 +38,7 @@ class ForwardKLLoss(TokenDivergenceLoss):
     """
 
     divergence_name = "fkl"
+    topk_divergence = staticmethod(topk_forward_kl)
 
     def __init__(self, temperature: float = 1.0, ce_weight: float = 0.5, vocab_size: int | None = None,
                  validate: bool = True) -> None:

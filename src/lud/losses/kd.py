@@ -18,6 +18,7 @@ from .base import DistillationLoss, Epoch, LossOutput
 from .params import check_bool, non_negative_param, positive_param
 from .registry import register_loss
 from .standardize import standardize_logits
+from .topk import TopKTeacher, topk_forward_kl
 
 __all__ = [
     "KDLSLoss",
@@ -71,7 +72,12 @@ def kd_divergence(
     return (t2 * kl).mean()
 
 
-@register_loss("kd", bench=True, summary="Hinton et al. 2015: CE + T²·KL at T = 4")
+@register_loss(
+    "kd",
+    bench=True,
+    inputs=("dense", "tokens", "topk"),
+    summary="Hinton et al. 2015: CE + T²·KL at T = 4",
+)
 class KDLoss(DistillationLoss):
     """Hinton KD: ``ce_weight * CE + kd_weight * T^2 * KL``. Terms: ``ce``, ``kd``.
 
@@ -115,6 +121,38 @@ class KDLoss(DistillationLoss):
         return self.output(
             {"ce": self.ce_weight * ce, "kd": self.kd_weight * kd},
             {"temperature": torch.tensor(self.temperature)},
+        )
+
+    def compute_topk(
+        self,
+        student_logits: Tensor,
+        teacher: TopKTeacher,
+        targets: Tensor | None,
+        epoch: Epoch,
+    ) -> LossOutput:
+        """KD with a top-k teacher: the KL term is :func:`~lud.losses.topk.topk_forward_kl`.
+
+        The teacher's log-probabilities must have been taken at this loss's temperature
+        (``TopKTeacher.from_logits(logits, k, temperature=T)``); standardisation needs the full
+        teacher logits and is refused.
+        """
+        assert targets is not None
+        if self.standardize:
+            raise ValueError("KD with standardize=True z-scores the teacher's full logits: a top-k "
+                             "teacher cannot be standardised (pass dense teacher logits)")
+        if teacher.temperature != self.temperature:
+            raise ValueError(f"the top-k teacher's log-probabilities were taken at temperature "
+                             f"{teacher.temperature}, the loss uses {self.temperature}: build the "
+                             "teacher at the loss's temperature")
+        ce = F.cross_entropy(student_logits, targets)
+        t2 = self.temperature * self.temperature
+        kd = t2 * topk_forward_kl(student_logits, teacher, self.temperature).mean()
+        return self.output(
+            {"ce": self.ce_weight * ce, "kd": self.kd_weight * kd},
+            {
+                "temperature": torch.tensor(self.temperature),
+                "topk_missing_mass": teacher.missing_mass().mean(),
+            },
         )
 
     def extra_repr(self) -> str:

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .registry import register_loss
 from .token_divergence import TokenDivergenceLoss, kl_from_log_probs, register_divergence, scaled_log_softmax
+from .topk import topk_reverse_kl
 
 __all__ = ["ReverseKLLoss", "reverse_kl"]
 
@@ -23,7 +24,7 @@ def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
                              scaled_log_softmax(teacher_logits, temperature))
 
 
-@register_loss("rkl", family="token", inputs=("dense", "tokens"),
+@register_loss("rkl", family="token", inputs=("dense", "tokens", "topk"),
                summary="reverse KL(p_S‖p_T) per token; T = 1, 0.5·CE + 0.5·KL (torchtune)")
 class ReverseKLLoss(TokenDivergenceLoss):
     """Reverse KL per token: ``ce_weight · CE + (1 − ce_weight) · KL(p_S || p_T)``. Terms: ``ce``, ``rkl``.
@@ -32,6 +33,7 @@ class ReverseKLLoss(TokenDivergenceLoss):
     """
 
     divergence_name = "rkl"
+    topk_divergence = staticmethod(topk_reverse_kl)
 
     def __init__(self, temperature: float = 1.0, ce_weight: float = 0.5, vocab_size: int | None = None,
                  validate: bool = True) -> None:

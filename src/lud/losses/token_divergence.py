@@ -150,6 +150,9 @@ class TokenDivergenceLoss(DistillationLoss):
     """
 
     divergence_name: str = ""
+    #: per-row divergence with a top-k teacher ``(student_logits, teacher, temperature) -> (N,)``,
+    #: for the losses whose registry entry lists ``"topk"``; ``None``: dense teacher only
+    topk_divergence: Any = None
 
     def __init__(
         self,
@@ -181,6 +184,28 @@ class TokenDivergenceLoss(DistillationLoss):
         assert teacher_logits is not None and targets is not None
         per_token = self.divergence(student_logits, teacher_logits, self.temperature)
         divergence = per_token.mean()
+        terms = {self.divergence_name: (1.0 - self.ce_weight) * divergence}
+        if self.ce_weight > 0:
+            terms = {"ce": self.ce_weight * F.cross_entropy(student_logits, targets), **terms}
+        return self.output(terms, {"divergence": divergence,
+                                   "temperature": torch.tensor(self.temperature)})
+
+    def compute_topk(self, student_logits: Tensor, teacher: Any, targets: Tensor | None,
+                     epoch: Epoch) -> LossOutput:
+        """The loss with a top-k teacher (:class:`~lud.losses.topk.TopKTeacher`): the divergence is
+        :attr:`topk_divergence` (per row, the teacher's tail rule applied); the teacher's
+        log-probabilities must have been taken at this loss's temperature."""
+        assert targets is not None
+        if self.topk_divergence is None:
+            raise ValueError(f"loss '{self.divergence_name}' does not take a top-k teacher: "
+                             f"{self.topk_refusal}")
+        if teacher.temperature != self.temperature:
+            raise ValueError(f"the top-k teacher's log-probabilities were taken at temperature "
+                             f"{teacher.temperature}, the loss uses {self.temperature}: build the "
+                             "teacher at the loss's temperature")
+        if self.vocab_size is not None:
+            student_logits = student_logits[:, : self.vocab_size]
+        divergence = type(self).topk_divergence(student_logits, teacher, self.temperature).mean()
         terms = {self.divergence_name: (1.0 - self.ce_weight) * divergence}
         if self.ce_weight > 0:
             terms = {"ce": self.ce_weight * F.cross_entropy(student_logits, targets), **terms}
