@@ -9,6 +9,14 @@
 # Importing the method modules registers them.
 from . import ce, ctkd, dist, dkd, kd, lud, lud_released, mlkd, rld, wttm  # noqa: E402,F401  (registration side effect)
 from .base import DistillationLoss, LossOutput, validate_logits
+from .ce import CELoss
+from .ctkd import CTKDLoss
+from .dist import DISTLoss
+from .dkd import DKDLoss
+from .kd import KDLoss, KDLSLoss
+from .lud import LUDLoss
+from .lud_released import LUDReleasedLoss
+from .mlkd import MLKDLoss
 from .registry import (
     LossEntry,
     available_losses,
@@ -19,9 +27,24 @@ from .registry import (
     register_loss,
     register_preset,
 )
+from .rld import RLDLoss
 from .standardize import standardize_logits  # noqa: E402
+from .wttm import WTTMLoss
 
 __all__ = [
+    # the registered loss classes (build_loss(name) builds one of them)
+    "CELoss",
+    "CTKDLoss",
+    "DISTLoss",
+    "DKDLoss",
+    "KDLSLoss",
+    "KDLoss",
+    "LUDLoss",
+    "LUDReleasedLoss",
+    "MLKDLoss",
+    "RLDLoss",
+    "WTTMLoss",
+    # the interface and the registry
     "DistillationLoss",
     "LossEntry",
     "LossOutput",

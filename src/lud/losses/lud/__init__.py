@@ -22,7 +22,13 @@ measurements behind each choice: ``docs/lud_design.md``.
 
 from __future__ import annotations
 
-from .confidence import batch_quantile, class_confidence, confidence_mask, confidence_weights, teacher_confidence
+from .confidence import (
+    batch_quantile,
+    class_confidence,
+    confidence_mask,
+    confidence_weights,
+    teacher_confidence,
+)
 from .label_space import category_subset, restrict_columns
 from .loss import OPTION_GROUPS, LUDLoss
 from .options import PRESETS, LabelSpaceOptions, MaskOptions, RankOptions, TemperatureOptions, WeightOptions

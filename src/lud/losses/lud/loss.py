@@ -18,7 +18,16 @@ from ..base import DistillationLoss, Epoch, LossOutput, linear_warmup
 from ..params import check_choice
 from ..registry import register_loss, register_preset
 from ..standardize import standardize_logits
-from .confidence import MaskDirection, MaskType, Threshold, batch_quantile, class_confidence, confidence_mask, confidence_weights, teacher_confidence
+from .confidence import (
+    MaskDirection,
+    MaskType,
+    Threshold,
+    batch_quantile,
+    class_confidence,
+    confidence_mask,
+    confidence_weights,
+    teacher_confidence,
+)
 from .label_space import category_subset, restrict_columns, sample_rows
 from .options import PRESETS, LabelSpaceOptions, MaskOptions, RankOptions, TemperatureOptions, WeightOptions
 from .temperature import TempMap, TempMode, dynamic_temperature

@@ -16,7 +16,16 @@ from .. import ranking
 from ..params import check_bool, check_choice, check_number
 from .confidence import DIRECTIONS, MASK_TYPES, THRESHOLDS, MaskDirection, MaskType, Threshold
 from .temperature import TEMP_MAPS, TEMP_MODES, TempMap, TempMode
-from .terms import RANK_METHODS, RANK_SCALES, REDUCTIONS, TEACHER_RANKS, RankMethod, RankScale, Reduction, TeacherRank
+from .terms import (
+    RANK_METHODS,
+    RANK_SCALES,
+    REDUCTIONS,
+    TEACHER_RANKS,
+    RankMethod,
+    RankScale,
+    Reduction,
+    TeacherRank,
+)
 
 __all__ = [
     "PRESETS",
