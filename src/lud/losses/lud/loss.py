@@ -107,63 +107,27 @@ class LUDLoss(DistillationLoss):
     ``rank_options``, ``label_space_options``); ``loss.<option>`` reads it from its group.
 
     Args:
-        preset: ``"default"`` or ``"paper"``: the values of the parameters left at ``None``
-            (see :data:`PRESETS`); ``preset="paper"`` reproduces the paper-faithful LUD.
-        ce_weight: weight of cross-entropy on the (raw) student logits; 0 removes it.
-        instance_weight: λ_KD of the instance term ``T_b²·KL``; 0 removes it.
-        cdl_weight: λ_CDL of the category (C×C Gram) Spearman loss; 0 removes it.
-        sdl_weight: λ_SDL of the sample (B×B Gram) Spearman loss; 0 removes it.
-        inter_weight: weight of the first-order inter-class rank term (rows of ``P``); 0 = off.
-        intra_weight: weight of the first-order intra-class rank term (columns of ``P``); 0 = off.
-        relation_mask: also gate the inter/intra rows with the sample/class masks.
-        relation_class_scale: multiply the inter/intra weights by ``C / 10`` (their gradient
-            shrinks like ``1/C``), so one weight suits 10 and 100 classes; with
-            ``category_top_k``, C is the restricted class count (|K|, +1 with the folded tail).
-        rank_scale: ``"linear"`` ranks the Gram entries / probabilities themselves, ``"log"``
-            their logarithms (the same hard Spearman ρ, a better-conditioned soft surrogate).
-        rank_grad_scale: ``"matched"`` multiplies each row's ``1 − ρ`` by
-            :func:`matched_scale` (bounded gradient while the student is flat); ``"none"``.
-        rank_warmup: epochs of linear warm-up of the rank terms (CDL, SDL, inter, intra); 0 = off.
-        temperature: base T: for confidences, and for every term when the dynamic T is off.
-        dynamic_temperature: ``"off" | "sample" | "class" | "full"``.
-        t_min, t_max: temperature range, ``0 < t_min <= t_max``.
-        temperature_map: ``"paper" | "paper_normalized" | "released" | "minmax" | "rank" |
-            "rank_inverse"``.
-        mask_direction: ``"confident"`` (keep conf > thr) or ``"uncertain"`` (keep conf ≤ thr).
-        threshold: ``"batch" | "running" | "fixed"``. ``"running"`` keeps an EMA of the batch
-            quantile in buffers (in ``state_dict``; updated by every training-mode call, used
-            including the current batch; before any, evaluation uses the batch quantile).
-            ``"fixed"`` applies to samples; classes use the batch quantile. With a batch of one,
-            ``"batch"`` keeps the sample.
-        quantile: batch quantile used as threshold (0.5 = median).
-        threshold_momentum: EMA momentum of the running threshold.
-        fixed_threshold: sample threshold for ``threshold="fixed"``.
-        mask_type: ``"hard"`` or ``"soft"``; mask_softness: width of the soft mask (× mean conf).
-        sample_mask: mask the SDL rows; class_mask: mask the CDL rows;
-        instance_mask: also gate the instance term with the sample mask.
-        uncertainty_weighting: confidence weights on instance/SDL (samples) and CDL (classes).
-        gram_reduction: ``"row"`` or ``"flat"`` (one device sync per call).
-        rank_method: ``"soft"`` (soft Spearman) or ``"pearson"``.
-        rank_strength: soft-rank regularisation (on z-scored rows).
-        rank_backend: see :mod:`lud.losses.ranking`; ``"hard"`` gives values without gradient.
-        teacher_rank: ``"hard"`` (cheaper) or ``"soft"`` (exact minimum at student == teacher).
-        standardize: z-score logits (both sides) before any temperature (CE stays on raw logits).
-        category_top_k: large label spaces (language models): compute the category-level parts
-            (CDL, the intra term, class confidences, class mask and weights ``v``, the inter
-            term's ranks over classes) on the union over rows of the teacher's top-k classes
-            instead of all C classes; ``None`` (default) = all. One device sync per call.
-        max_categories: cap on that union; beyond it the classes with the largest total teacher
-            probability are kept. Must be >= ``category_top_k``.
-        category_tail: ``"fold"`` adds one column holding the probability of every class left
-            out (``1 − Σ kept``); ``"drop"`` leaves it out.
-        sample_max_rows: compute SDL (the N×N Gram term, and only it) on a seeded random subset
-            of this many rows when N is larger; ``None`` (default) = all rows. At least 2.
-        sample_seed: seed of that subset; combined with a call counter (buffer ``sample_calls``,
-            in ``state_dict``, advanced once per training-mode call) so every step draws anew
-            and a resumed run draws what the uninterrupted one would have.
+        preset: ``"default"`` or ``"paper"``: the values of the options left at ``None``
+            (:data:`PRESETS`); explicit arguments win. ``build_loss("lud-paper")`` is
+            ``preset="paper"``.
         validate: input checks, passed to :class:`DistillationLoss`.
         gather: under data-parallel training, compute every term on the global batch (all ranks'
             logits); the identity in a single process.
+
+    Every other keyword is an option, documented in its group:
+
+    * :class:`WeightOptions`: ``ce_weight``, ``instance_weight``, ``cdl_weight``, ``sdl_weight``,
+      ``inter_weight``, ``intra_weight``, ``relation_class_scale``, ``rank_warmup``;
+    * :class:`TemperatureOptions`: ``temperature``, ``dynamic_temperature``, ``t_min``,
+      ``t_max``, ``temperature_map``, ``standardize``;
+    * :class:`MaskOptions`: ``mask_direction``, ``threshold``, ``quantile``,
+      ``threshold_momentum``, ``fixed_threshold``, ``mask_type``, ``mask_softness``,
+      ``sample_mask``, ``class_mask``, ``instance_mask``, ``relation_mask``,
+      ``uncertainty_weighting``;
+    * :class:`RankOptions`: ``gram_reduction``, ``rank_method``, ``rank_strength``,
+      ``rank_backend``, ``teacher_rank``, ``rank_scale``, ``rank_grad_scale``;
+    * :class:`LabelSpaceOptions`: ``category_top_k``, ``max_categories``, ``category_tail``,
+      ``sample_max_rows``, ``sample_seed``.
 
     With ``category_top_k`` or ``sample_max_rows`` set, the values equal the unrestricted
     computation's only up to rounding (fewer N×C copies: rows are not centred under a per-row

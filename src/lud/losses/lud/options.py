@@ -58,8 +58,21 @@ def _set(obj: object, name: str, value: object) -> None:
 @dataclass(frozen=True)
 class WeightOptions:
     """How much each term counts: ``L = ce·CE + instance·L_inst + r·(cdl·L_CDL + sdl·L_SDL)
-    + r·s·(inter·L_inter + intra·L_intra)``, ``r`` the warm-up ramp over ``rank_warmup`` epochs,
-    ``s = C/10`` if ``relation_class_scale`` else 1. A weight of 0 removes its term; not all 0."""
+    + r·s·(inter·L_inter + intra·L_intra)``. A weight of 0 removes its term; not all may be 0.
+
+    Attributes:
+        ce_weight: cross-entropy on the (raw) student logits.
+        instance_weight: λ_KD of the instance term ``T_b²·KL``.
+        cdl_weight: λ_CDL of the category (C×C Gram) Spearman loss.
+        sdl_weight: λ_SDL of the sample (B×B Gram) Spearman loss.
+        inter_weight: the first-order inter-class rank term (rows of ``P``).
+        intra_weight: the first-order intra-class rank term (columns of ``P``).
+        relation_class_scale: ``s = C / 10`` on the inter/intra weights (their gradient shrinks
+            like ``1/C``), so one weight suits 10 and 100 classes; with ``category_top_k``, C is
+            the restricted class count (|K|, +1 with the folded tail). Else ``s = 1``.
+        rank_warmup: epochs of the linear warm-up ``r`` of every rank term (CDL, SDL, inter,
+            intra); 0 = none.
+    """
 
     ce_weight: float = 1.0
     instance_weight: float = 1.0
@@ -90,10 +103,18 @@ class WeightOptions:
 
 @dataclass(frozen=True)
 class TemperatureOptions:
-    """The temperature the terms see: ``temperature`` everywhere if ``dynamic_temperature="off"``,
-    else a detached per-sample / per-class / per-entry T in ``[t_min, t_max]``
-    (:mod:`lud.losses.lud.temperature`). Confidences always use ``temperature``. ``standardize``
-    z-scores both sides' logits first (CE stays on the raw logits)."""
+    """The temperature the terms see (:mod:`lud.losses.lud.temperature`).
+
+    Attributes:
+        temperature: base T: for the confidences always, and for every term when the dynamic T is
+            off.
+        dynamic_temperature: ``"off" | "sample" | "class" | "full"``: a detached T per sample
+            (B, 1), per class (1, C) or per entry (B, C) from the student–teacher Spearman ρ.
+        t_min, t_max: its range, ``0 < t_min <= t_max``.
+        temperature_map: ρ → T: ``"paper" | "paper_normalized" | "released" | "minmax" |
+            "rank" | "rank_inverse"`` (:func:`~lud.losses.lud.temperature.map_temperature`).
+        standardize: z-score both sides' logits before any temperature (CE stays on raw logits).
+    """
 
     temperature: float = 4.0
     dynamic_temperature: TempMode = "sample"
@@ -119,11 +140,24 @@ class TemperatureOptions:
 class MaskOptions:
     """Which rows a term averages over and how much each weighs (:mod:`lud.losses.lud.confidence`).
 
-    Masks: confidences against a threshold (``"batch"`` quantile, ``"running"`` EMA of it, or
-    ``"fixed"`` for samples), kept ``"confident"`` (> thr) or ``"uncertain"`` (≤ thr), ``"hard"``
-    or ``"soft"``. ``sample_mask`` gates SDL, ``class_mask`` CDL, ``instance_mask`` the instance
-    term, ``relation_mask`` the inter/intra terms. ``uncertainty_weighting``: rows weighted by
-    ``u = conf / mean(conf)`` (samples) and ``v`` (classes), else 1."""
+    Attributes:
+        mask_direction: ``"confident"`` (keep conf > thr) or ``"uncertain"`` (keep conf ≤ thr).
+        threshold: ``"batch"`` (the batch quantile; a batch of one keeps its sample),
+            ``"running"`` (an EMA of it in buffers, in ``state_dict``, updated by every
+            training-mode call and used including the current batch; before any, the batch
+            quantile) or ``"fixed"`` (``fixed_threshold`` for samples, the batch quantile for
+            classes).
+        quantile: the batch quantile used as threshold (0.5 = median).
+        threshold_momentum: EMA momentum of the running threshold, in [0, 1).
+        fixed_threshold: sample threshold for ``threshold="fixed"``.
+        mask_type: ``"hard"`` (a step) or ``"soft"`` (a sigmoid).
+        mask_softness: width of the soft mask, times the mean confidence.
+        sample_mask: mask the SDL rows. class_mask: mask the CDL rows.
+        instance_mask: also gate the instance term with the sample mask.
+        relation_mask: also gate the inter/intra rows with the sample/class masks.
+        uncertainty_weighting: weigh rows by ``u = conf / mean(conf)`` (instance, SDL, inter) and
+            ``v = cconf / mean(cconf)`` (CDL, intra); else 1.
+    """
 
     mask_direction: MaskDirection = "confident"
     threshold: Threshold = "batch"
@@ -157,12 +191,21 @@ class MaskOptions:
 
 @dataclass(frozen=True)
 class RankOptions:
-    """How the rank terms compute ``ρ`` (:mod:`lud.losses.lud.terms`): soft Spearman
-    (``rank_method="soft"``, soft student ranks of ``rank_strength`` on z-scored rows, ``"hard"``
-    or ``"soft"`` teacher ranks, :mod:`lud.losses.ranking` backend ``rank_backend``) or Pearson;
-    Gram terms row by row or over the flattened matrix (``gram_reduction``); on the values or their
-    logarithms (``rank_scale``); ``rank_grad_scale="matched"`` scales each row's ``1 − ρ`` by
-    ``min(1, std_S / std_T)`` (row reduction only)."""
+    """How the rank terms compute ``ρ`` (:mod:`lud.losses.lud.terms`).
+
+    Attributes:
+        gram_reduction: ``"row"`` (mean over Gram rows) or ``"flat"`` (one correlation over the
+            upper triangle; one device sync per call).
+        rank_method: ``"soft"`` (differentiable Spearman) or ``"pearson"`` (raw values).
+        rank_strength: soft-rank regularisation, on z-scored rows.
+        rank_backend: see :mod:`lud.losses.ranking`; ``"hard"`` gives values without gradient.
+        teacher_rank: ``"hard"`` (cheaper) or ``"soft"`` (exact minimum at student == teacher).
+        rank_scale: ``"linear"`` ranks the Gram entries / probabilities themselves, ``"log"``
+            their logarithms (the same hard ρ, a better-conditioned soft surrogate).
+        rank_grad_scale: ``"matched"`` multiplies each row's ``1 − ρ`` by
+            :func:`~lud.losses.lud.terms.matched_scale` (bounded gradient while the student is
+            flat; needs ``gram_reduction="row"``), or ``"none"``.
+    """
 
     gram_reduction: Reduction = "row"
     rank_method: RankMethod = "soft"
@@ -195,13 +238,23 @@ class RankOptions:
 
 @dataclass(frozen=True)
 class LabelSpaceOptions:
-    """Restriction to large label spaces (:mod:`lud.losses.lud.label_space`); both ``None`` by
-    default, and the loss is then computed on every class and row.
+    """Restriction to large label spaces (:mod:`lud.losses.lud.label_space`). Both restrictions
+    default to ``None``: every class and row.
 
-    ``category_top_k``: the category-level parts see the union over rows of the teacher's top-k
-    classes, at most ``max_categories`` (>= ``category_top_k``), plus one folded tail column if
-    ``category_tail="fold"``. ``sample_max_rows`` (>= 2): SDL sees that many rows, drawn anew each
-    training call from ``sample_seed`` and a call counter."""
+    Attributes:
+        category_top_k: compute the category-level parts (CDL, the intra term, class confidences,
+            class mask and weights ``v``, the inter term's ranks over classes) on the union over
+            rows of the teacher's top-k classes instead of all C classes. One device sync a call.
+        max_categories: cap on that union (>= ``category_top_k``); beyond it the classes with the
+            largest total teacher probability stay.
+        category_tail: ``"fold"`` adds one column holding the probability of every class left out
+            (``1 − Σ kept``); ``"drop"`` leaves it out.
+        sample_max_rows: compute SDL (the N×N Gram term, and only it) on a seeded random subset of
+            this many rows (>= 2) when N is larger.
+        sample_seed: seed of that subset; combined with a call counter (buffer ``sample_calls``,
+            in ``state_dict``, advanced once per training-mode call) so every step draws anew and
+            a resumed run draws what the uninterrupted one would have.
+    """
 
     category_top_k: int | None = None
     max_categories: int = 1024
