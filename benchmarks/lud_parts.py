@@ -3,8 +3,9 @@
 Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lud_parts.py [--calls 21] [--batch 256]
       [--classes 1000]
 
-Wraps the loss's parts (``lud.losses.lud``: the Gram and relation rank terms, the dynamic
-temperature, the instance KL; ``lud.losses.ranking``: ``soft_rank``, ``hard_rank``, ``pearson``)
+Wraps the loss's parts (as ``lud.losses.lud.loss`` calls them: the Gram and relation rank terms,
+the dynamic temperature, the instance KL; ``lud.losses.ranking``: ``soft_rank``, ``hard_rank``,
+``pearson``)
 with a wall-clock timer and prints, over ``--calls`` calls, the median forward and backward time
 of the whole loss and each part's median time per call (nested parts are counted in both, e.g.
 the temperature's hard ranks in ``hard_rank`` and in ``dynamic_temperature``). Environment
@@ -22,11 +23,11 @@ from typing import Any
 
 import torch
 
-import lud.losses.lud as lud_module
+import lud.losses.lud.loss as lud_loss_module
 from lud.losses import build_loss, ranking
 
 PARTS = {
-    lud_module: ("gram_correlation_loss", "relation_rank_loss", "dynamic_temperature",
+    lud_loss_module: ("gram_correlation_loss", "relation_rank_loss", "dynamic_temperature",
                  "instance_kl"),
     ranking: ("soft_rank", "hard_rank", "pearson"),
 }

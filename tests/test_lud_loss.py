@@ -934,3 +934,69 @@ def test_lud_paper_is_the_paper_preset_under_its_own_name():
     assert build_loss("lud-paper", preset="default").inter_weight == default.inter_weight
     with pytest.raises(ValueError, match="cdl_wieght"):
         build_loss("lud-paper", cdl_wieght=1.0)
+
+
+# ----------------------------------------------------------------- the option groups
+def test_every_keyword_lives_in_exactly_one_option_group_with_the_same_default():
+    import dataclasses
+    import inspect
+
+    from lud.losses.lud import OPTION_GROUPS, PRESETS
+
+    params = inspect.signature(LUDLoss.__init__).parameters
+    options = [p for p in params if p not in ("self", "preset", "validate", "gather")]
+    owners = {}
+    for attr, group in OPTION_GROUPS.items():
+        for f in dataclasses.fields(group):
+            assert f.name not in owners, f"{f.name} in {owners.get(f.name)} and {attr}"
+            owners[f.name] = attr
+            default = params[f.name].default
+            # a preset-dependent keyword defaults to None; its group holds the default preset's value
+            want = PRESETS["default"][f.name] if default is None and f.name in PRESETS["default"] else default
+            assert f.default == want, f.name
+    assert sorted(owners) == sorted(options)
+
+
+def test_options_are_frozen_groups_read_flat():
+    import dataclasses
+
+    loss = LUDLoss(cdl_weight=2, temperature_map="rank", category_top_k=8, sample_max_rows=16)
+    assert loss.weight_options.cdl_weight == loss.cdl_weight == 2.0
+    assert isinstance(loss.cdl_weight, float)  # checked values are stored as floats, as before
+    assert loss.temperature_options.temperature_map == loss.temperature_map == "rank"
+    assert (loss.category_top_k, loss.sample_max_rows) == (8, 16)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loss.weight_options.cdl_weight = 3.0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        loss.cdl_weight = 3.0  # the flat name reads the group; it cannot drift from it
+    assert "sample_calls" in loss.state_dict()
+    assert "sample_calls" not in LUDLoss().state_dict()  # old checkpoints keep their keys
+
+
+@pytest.mark.parametrize("group, kw, name", [
+    ("WeightOptions", {"cdl_weight": -1.0}, "cdl_weight"),
+    ("WeightOptions", {"ce_weight": 0, "instance_weight": 0, "cdl_weight": 0, "sdl_weight": 0,
+                       "inter_weight": 0, "intra_weight": 0}, "all 0"),
+    ("TemperatureOptions", {"t_min": 5.0, "t_max": 3.0}, "t_min"),
+    ("MaskOptions", {"threshold": "median"}, "threshold"),
+    ("RankOptions", {"rank_grad_scale": "matched", "gram_reduction": "flat"}, "gram_reduction"),
+    ("LabelSpaceOptions", {"category_top_k": 64, "max_categories": 32}, "max_categories"),
+])
+def test_an_option_group_checks_its_values_when_built(group, kw, name):
+    import lud.losses.lud as lud_package
+
+    with pytest.raises(ValueError, match=name):
+        getattr(lud_package, group)(**kw)
+    with pytest.raises(ValueError, match=name):  # the flat constructor says the same
+        LUDLoss(**kw)
+
+
+def test_lud_paper_is_a_registered_preset_not_a_subclass():
+    import inspect
+
+    from lud.losses import loss_entry
+
+    entry = loss_entry("lud-paper")
+    assert entry.cls is LUDLoss and entry.defaults == {"preset": "paper"}
+    assert type(build_loss("lud-paper")) is LUDLoss
+    assert inspect.signature(LUDLoss.__init__).parameters["preset"].default == "default"

@@ -223,12 +223,12 @@ def test_bad_values_name_the_parameter(kw, name) -> None:
 @pytest.mark.parametrize("mode", ["sample", "class", "full"])
 def test_chunked_temperature_ranks_give_the_same_temperatures(monkeypatch, mode) -> None:
     # at vocabulary size the hard ranks of the dynamic temperature run a chunk at a time
-    from lud.losses import lud as lud_module
+    from lud.losses.lud import temperature as lud_temperature
 
     s, t, _ = _logits(12, 30)
-    whole = lud_module.temperature_correlation(s, t, mode)
-    monkeypatch.setattr(lud_module, "_TEMP_CHUNK_ELEMENTS", 64)  # 2 rows / 5 columns a chunk
-    chunked = lud_module.temperature_correlation(s, t, mode)
+    whole = lud_temperature.temperature_correlation(s, t, mode)
+    monkeypatch.setattr(lud_temperature, "_TEMP_CHUNK_ELEMENTS", 64)  # 2 rows / 5 columns a chunk
+    chunked = lud_temperature.temperature_correlation(s, t, mode)
     if mode == "sample":  # rows are reduced alike whatever the chunk: bit for bit
         assert torch.equal(chunked, whole)
     else:  # column chunks are strided differently: the reductions may round differently

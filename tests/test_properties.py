@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) for every registered loss and for :mod:`lud.ranking`.
+"""Property-based tests (hypothesis) for every registered loss and for :mod:`lud.losses.ranking`.
 
 Each test states a property that must hold for *any* input in a described family, and hypothesis
 searches that family: batch 1..32, classes 2..50, logit scales 1e-4..1e4 (log-uniform), dtypes
@@ -535,7 +535,7 @@ def test_spearman_of_a_with_itself_is_one(case: Case) -> None:
     fin = torch.finfo(torch.float32)
     spread = (a - a.mean(-1, keepdim=True)).abs().amax(-1)
     # "constant" means constant up to the module's rounding tolerance (32 ulps of the row's
-    # magnitude, see lud.ranking): those rows correlate 0 by definition.
+    # magnitude, see lud.losses.ranking): those rows correlate 0 by definition.
     clearly_varying = spread > 64 * fin.eps * a.abs().amax(-1)
     constant = spread == 0
     torch.testing.assert_close(r[clearly_varying], torch.ones_like(r[clearly_varying]),

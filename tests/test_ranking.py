@@ -1,4 +1,4 @@
-"""Tests for lud.ranking: soft/hard ranks and (soft) Spearman / Pearson correlation.
+"""Tests for lud.losses.ranking: soft/hard ranks and (soft) Spearman / Pearson correlation.
 
 References are independent: scipy.stats.rankdata / spearmanr, numpy.corrcoef, and a naive
 O(n^2) autograd implementation of the pairwise-sigmoid formula written out here.

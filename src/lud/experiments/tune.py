@@ -76,7 +76,7 @@ def load_grid(grid: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, lis
             methods with different numbers of trials (an uneven budget).
     """
     from ..config import load_yaml
-    from ..losses import available_losses, loss_class
+    from ..losses import available_losses, build_loss
     from ..losses.registry import suggest
 
     where = "tuning grid"
@@ -105,7 +105,7 @@ def load_grid(grid: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, lis
             raise ValueError(f"{where}: '{method}' lists the same trial twice")
         for t in expanded:
             try:
-                loss_class(method)(**t)  # a typo in a parameter fails here, not hours later
+                build_loss(method, **t)  # a typo in a parameter fails here, not hours later
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{where}: '{method}' trial {t}: {exc}") from None
         trials[method] = expanded

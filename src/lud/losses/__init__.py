@@ -25,6 +25,16 @@ from . import (  # noqa: E402,F401  (registration side effect)
     wttm,
 )
 from .base import DistillationLoss, LossOutput, validate_logits
+from .ce import CELoss
+from .ctkd import CTKDLoss
+from .dist import DISTLoss
+from .dkd import DKDLoss
+from .fkl import ForwardKLLoss
+from .gjsd import GeneralizedJSDLoss
+from .kd import KDLoss, KDLSLoss
+from .lud import LUDLoss
+from .lud_released import LUDReleasedLoss
+from .mlkd import MLKDLoss
 from .registry import (
     LossEntry,
     available_losses,
@@ -35,11 +45,35 @@ from .registry import (
     register_loss,
     register_preset,
 )
+from .rkl import ReverseKLLoss
+from .rld import RLDLoss
+from .skew import SkewKLLoss, SkewReverseKLLoss
 from .standardize import standardize_logits  # noqa: E402
 from .token_divergence import token_divergence  # noqa: E402
 from .topk import TopKTeacher, topk_forward_kl, topk_reverse_kl  # noqa: E402
+from .tvd import TotalVariationLoss
+from .wttm import WTTMLoss
 
 __all__ = [
+    # the registered loss classes (build_loss(name) builds one of them)
+    "CELoss",
+    "CTKDLoss",
+    "DISTLoss",
+    "DKDLoss",
+    "ForwardKLLoss",
+    "GeneralizedJSDLoss",
+    "KDLSLoss",
+    "KDLoss",
+    "LUDLoss",
+    "LUDReleasedLoss",
+    "MLKDLoss",
+    "RLDLoss",
+    "ReverseKLLoss",
+    "SkewKLLoss",
+    "SkewReverseKLLoss",
+    "TotalVariationLoss",
+    "WTTMLoss",
+    # the interface and the registry
     "DistillationLoss",
     "LossEntry",
     "LossOutput",
