@@ -4,7 +4,7 @@ Golden values pin behaviour across refactors (a changed number must be a deliber
 this script and say why in the commit). The correctness of the numbers themselves is established by
 the reference tests (test_baselines.py, test_lud_loss.py); this file catches silent drift.
 
-    .venv/bin/python scripts/make_golden.py
+    .venv/bin/python scripts/make_golden.py [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden_losse
 PARAMS: dict[str, dict] = {
     "lud": {"rank_backend": "pairwise"},
     "lud-paper": {"rank_backend": "pairwise"},
+    "lud-lm": {"rank_backend": "pairwise"},
 }
 EPOCH = 5.0  # inside DKD's warm-up and CTKD's curriculum, so both schedules are exercised
 
@@ -53,8 +54,19 @@ def compute(name: str) -> dict:
 
 
 def main() -> None:
+    """``--only NAME [NAME ...]``: (re)compute those losses and keep every other stored value (a new
+    loss adds its row without touching the last digits of the others on another machine)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="losses to (re)compute")
+    args = parser.parse_args()
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    data = {name: compute(name) for name in available_losses()}
+    if args.only:
+        data = json.loads(OUT.read_text())
+        data.update({name: compute(name) for name in args.only})
+    else:
+        data = {name: compute(name) for name in available_losses()}
     OUT.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print(f"wrote {len(data)} losses to {OUT}")
 

@@ -1000,3 +1000,76 @@ def test_lud_paper_is_a_registered_preset_not_a_subclass():
     assert entry.cls is LUDLoss and entry.defaults == {"preset": "paper"}
     assert type(build_loss("lud-paper")) is LUDLoss
     assert inspect.signature(LUDLoss.__init__).parameters["preset"].default == "default"
+
+
+# ------------------------------------------------------------------ the instance term's divergence
+def _token_batch(seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(2, 9, 40, generator=g) * 2
+    t = torch.randn(2, 9, 40, generator=g) * 3
+    y = torch.randint(0, 40, (2, 9), generator=g)
+    y[0, :2] = -100
+    return s, t, y
+
+
+@pytest.mark.parametrize("dynamic_temperature", ["sample", "off", "full"])
+def test_instance_divergence_fkl_through_the_lookup_is_the_default_kl(dynamic_temperature) -> None:
+    """``instance_divergence="fkl"`` with explicit (empty) parameters takes the generic path
+    (:func:`token_divergence`); it must equal the default path (the shared-log-softmax KL)."""
+    s, t, y = _token_batch()
+    base = dict(dynamic_temperature=dynamic_temperature, rank_backend="pairwise")
+    s1, s2 = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    ref = build_loss("lud", **base)(s1, t, y)
+    got = build_loss("lud", instance_divergence="fkl", instance_divergence_params={}, **base)(s2, t, y)
+    torch.testing.assert_close(got.terms["instance"], ref.terms["instance"], rtol=1e-6, atol=1e-7)
+    ref.terms["instance"].backward()
+    got.terms["instance"].backward()
+    torch.testing.assert_close(s2.grad, s1.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_instance_divergence_generic_path_equals_the_kl_path() -> None:
+    # gjsd at beta=0 is forward KL exactly, through the generic path
+    s, t, y = _token_batch()
+    s1, s2 = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    ref = build_loss("lud", rank_backend="pairwise")(s1, t, y)
+    got = build_loss("lud", rank_backend="pairwise", instance_divergence="gjsd",
+                     instance_divergence_params={"beta": 0.0})(s2, t, y)
+    torch.testing.assert_close(got.terms["instance"], ref.terms["instance"], rtol=1e-5, atol=1e-6)
+    ref.terms["instance"].backward()
+    got.terms["instance"].backward()
+    torch.testing.assert_close(s2.grad, s1.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,params", [("rkl", None), ("gjsd", {"beta": 0.5}), ("skl", {"alpha": 0.1}),
+                                         ("srkl", {"alpha": 0.1}), ("tvd", None)])
+def test_instance_divergence_is_the_weighted_token_divergence(name, params) -> None:
+    """Masks off, uncertainty weighting off, T = 1 and no rank terms: the instance term is the
+    plain mean of the token divergence, the same number as the registered pure loss."""
+    s, t, y = _token_batch()
+    lud = build_loss("lud", instance_divergence=name, instance_divergence_params=params,
+                     dynamic_temperature="off", temperature=1.0, uncertainty_weighting=False,
+                     cdl_weight=0.0, sdl_weight=0.0, inter_weight=0.0, intra_weight=0.0, ce_weight=0.0)
+    pure = build_loss(name, ce_weight=0.0, **(params or {}))
+    torch.testing.assert_close(lud(s, t, y).total, pure(s, t, y).total, rtol=1e-6, atol=1e-7)
+
+
+def test_instance_divergence_bad_values_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown token divergence 'kll'"):
+        build_loss("lud", instance_divergence="kll")
+    with pytest.raises(ValueError, match="beta"):
+        build_loss("lud", instance_divergence="gjsd", instance_divergence_params={"beta": 2.0})
+    with pytest.raises(ValueError, match="instance_divergence_params must be a dict"):
+        build_loss("lud", instance_divergence_params=[("beta", 0.5)])
+
+
+def test_lud_lm_preset_on_tokens() -> None:
+    s, t, y = _token_batch()
+    s = s.requires_grad_(True)
+    loss = build_loss("lud-lm")
+    assert loss.temperature == 1.0 and loss.category_top_k == 32 and loss.relation_class_scale is False
+    out = loss(s, t, y)
+    assert set(out.terms) == {"ce", "instance", "cdl", "sdl"}
+    out.total.backward()
+    assert torch.isfinite(s.grad).all()
+    # explicit arguments win over the preset
+    assert build_loss("lud-lm", cdl_weight=0.0, sdl_weight=0.0).cdl_weight == 0.0

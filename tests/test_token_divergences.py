@@ -57,7 +57,8 @@ def test_equals_the_anchor_value_and_gradient(case: dict) -> None:
 
 def test_fixture_covers_every_token_divergence() -> None:
     covered = {part["loss"] for case in FIXTURE["cases"] for part in case["ours"]}
-    assert covered == set(NAMES) == {e.name for e in loss_entries(family="token")}
+    token_divergences = {e.name for e in loss_entries(family="token") if e.name != "lud-lm"}
+    assert covered == set(NAMES) == token_divergences
 
 
 def test_gjsd_end_points_are_forward_and_reverse_kl_exactly() -> None:

@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 #: what a loss is for: ``teacher`` (no distillation: training a teacher or the student alone),
-#: ``baseline`` (a published logit-distillation method), ``lud`` (LUD and its presets), ``token``
-#: (a token divergence of language-model distillation)
+#: ``baseline`` (a published logit-distillation method), ``lud`` (LUD and its presets for image
+#: classification), ``token`` (made for next-token distillation: the token divergences and
+#: ``lud-lm``; no image configs are generated for them)
 FAMILIES = ("teacher", "baseline", "lud", "token")
 #: inputs a loss can take besides dense ``(N, C)`` logits: ``tokens`` (``(B, T, V)`` with an ignore
 #: index), ``two_views`` (a strong view), ``topk`` (a sparse top-k teacher)

@@ -18,6 +18,7 @@ from ..base import DistillationLoss, Epoch, LossOutput, linear_warmup
 from ..params import check_choice
 from ..registry import register_loss, register_preset
 from ..standardize import standardize_logits
+from ..token_divergence import token_divergence
 from .confidence import (
     MaskDirection,
     MaskType,
@@ -29,7 +30,15 @@ from .confidence import (
     teacher_confidence,
 )
 from .label_space import category_subset, restrict_columns, sample_rows
-from .options import PRESETS, LabelSpaceOptions, MaskOptions, RankOptions, TemperatureOptions, WeightOptions
+from .options import (
+    LM_PRESET,
+    PRESETS,
+    LabelSpaceOptions,
+    MaskOptions,
+    RankOptions,
+    TemperatureOptions,
+    WeightOptions,
+)
 from .temperature import TempMap, TempMode, dynamic_temperature
 from .terms import (
     RankMethod,
@@ -44,6 +53,7 @@ from .terms import (
     relation_rank_loss,
     tempered_log_probs,
     tempered_probs,
+    weighted_mean,
 )
 
 __all__ = ["LUDLoss"]
@@ -117,7 +127,8 @@ class LUDLoss(DistillationLoss):
     Every other keyword is an option, documented in its group:
 
     * :class:`WeightOptions`: ``ce_weight``, ``instance_weight``, ``cdl_weight``, ``sdl_weight``,
-      ``inter_weight``, ``intra_weight``, ``relation_class_scale``, ``rank_warmup``;
+      ``inter_weight``, ``intra_weight``, ``relation_class_scale``, ``rank_warmup``,
+      ``instance_divergence``, ``instance_divergence_params``;
     * :class:`TemperatureOptions`: ``temperature``, ``dynamic_temperature``, ``t_min``,
       ``t_max``, ``temperature_map``, ``standardize``;
     * :class:`MaskOptions`: ``mask_direction``, ``threshold``, ``quantile``,
@@ -149,6 +160,8 @@ class LUDLoss(DistillationLoss):
         rank_scale: RankScale = "linear",
         rank_grad_scale: Literal["none", "matched"] | None = None,
         rank_warmup: float | None = None,
+        instance_divergence: str = "fkl",
+        instance_divergence_params: dict | None = None,
         temperature: float = 4.0,
         dynamic_temperature: TempMode = "sample",
         t_min: float = 2.0,
@@ -315,8 +328,15 @@ class LUDLoss(DistillationLoss):
 
     def _instance_term(self, zs: Tensor, zt: Tensor, temp: Tensor, gates: _Gates,
                        log_p: tuple[Tensor, Tensor] | None) -> Tensor:
-        """Step 4: the weighted ``T_b²·KL`` (unweighted by ``instance_weight``)."""
+        """Step 4: the weighted ``T_b²·KL`` (unweighted by ``instance_weight``), or ``T_b²·D``
+        with another :attr:`WeightOptions.instance_divergence` ``D``."""
         w = gates.samples(self.mask_options.instance_mask)
+        wo = self.weight_options
+        if wo.instance_divergence != "fkl" or wo.instance_divergence_params is not None:
+            per_sample = token_divergence(wo.instance_divergence, **(wo.instance_divergence_params or {}))(
+                zs, zt.detach(), temp)
+            t_row = temp.expand_as(zs).mean(dim=1) if temp.dim() else temp
+            return weighted_mean(t_row.pow(2) * per_sample, w.detach())
         if log_p is None:
             return instance_kl(zs, zt, temp, w)
         return instance_kl_from_log_probs(*log_p, temp, w)
@@ -434,3 +454,6 @@ def _reload_sample_calls(module: nn.Module, incompatible: object) -> None:
 # equals ``build_loss("lud", preset="paper", **p)``.
 register_preset("lud-paper", LUDLoss, {"preset": "paper"}, family="lud",
                 summary="LUD as the paper describes it")
+register_preset("lud-lm", LUDLoss, LM_PRESET, family="token",
+                summary="LUD for next-token distillation (first settings: docs/lud_design.md, "
+                        "'LUD for tokens'); T = 1, 0.5·CE + 0.5·weighted fKL, restricted Gram terms")

@@ -14,6 +14,7 @@ from typing import Literal
 
 from .. import ranking
 from ..params import check_bool, check_choice, check_number
+from ..token_divergence import token_divergence
 from .confidence import DIRECTIONS, MASK_TYPES, THRESHOLDS, MaskDirection, MaskType, Threshold
 from .temperature import TEMP_MAPS, TEMP_MODES, TempMap, TempMode
 from .terms import (
@@ -28,6 +29,7 @@ from .terms import (
 )
 
 __all__ = [
+    "LM_PRESET",
     "PRESETS",
     "LabelSpaceOptions",
     "MaskOptions",
@@ -48,6 +50,20 @@ PRESETS: dict[str, dict[str, float | str]] = {
     "default": {"ce_weight": 1.0, "instance_weight": 1.0, "cdl_weight": 1.0, "sdl_weight": 1.0,
                 "inter_weight": 3.2, "intra_weight": 3.2, "rank_grad_scale": "none",
                 "rank_warmup": 2.0, "relation_class_scale": True},
+}
+
+#: ``lud-lm``: first settings for next-token distillation, argued from the image study and a
+#: byte-level check (docs/lud_design.md, "LUD for tokens"); the language-model benchmark settles
+#: them. The language-model convention T = 1 with 0.5·CE; the instance term forward KL weighted by
+#: the teacher's confidence (masks and uncertainty weights kept); no first-order rank terms and no
+#: C/10 scaling (the largest cost measured at 256 classes, ~15,000× at 151,936); small Gram terms
+#: restricted to the teacher's top-32 classes and 512 sampled rows; no epoch warm-up (language-model
+#: runs are often shorter than one epoch).
+LM_PRESET: dict[str, object] = {
+    "ce_weight": 0.5, "instance_weight": 0.5, "cdl_weight": 0.1, "sdl_weight": 0.1,
+    "inter_weight": 0.0, "intra_weight": 0.0, "relation_class_scale": False, "rank_warmup": 0.0,
+    "temperature": 1.0, "dynamic_temperature": "off", "instance_divergence": "fkl",
+    "category_top_k": 32, "sample_max_rows": 512,
 }
 
 
@@ -72,6 +88,11 @@ class WeightOptions:
             the restricted class count (|K|, +1 with the folded tail). Else ``s = 1``.
         rank_warmup: epochs of the linear warm-up ``r`` of every rank term (CDL, SDL, inter,
             intra); 0 = none.
+        instance_divergence: the per-sample divergence of the instance term, a name of
+            :func:`lud.losses.token_divergence` (``fkl``, ``rkl``, ``gjsd``, ``skl``, ``srkl``,
+            ``tvd``); the term is ``T_b²·D_b`` weighted as before. ``"fkl"`` is the KL above.
+        instance_divergence_params: that divergence's parameters (e.g. ``{"beta": 0.5}`` for
+            ``gjsd``, ``{"alpha": 0.1}`` for ``skl``); ``None``: its defaults.
     """
 
     ce_weight: float = 1.0
@@ -82,9 +103,18 @@ class WeightOptions:
     intra_weight: float = 3.2
     relation_class_scale: bool = True
     rank_warmup: float = 2.0
+    instance_divergence: str = "fkl"
+    instance_divergence_params: dict | None = None
 
     def __post_init__(self) -> None:
         check_bool("relation_class_scale", self.relation_class_scale)
+        params = self.instance_divergence_params
+        if params is not None and not isinstance(params, dict):
+            raise ValueError(f"instance_divergence_params must be a dict or None, got {params!r}")
+        if not isinstance(self.instance_divergence, str):
+            raise ValueError(
+                f"instance_divergence must be a divergence name, got {self.instance_divergence!r}")
+        token_divergence(self.instance_divergence, **(params or {}))  # names and values checked
         for name in ("ce_weight", "instance_weight", "cdl_weight", "sdl_weight", "inter_weight",
                      "intra_weight"):
             _set(self, name, check_number(name, getattr(self, name), low=0.0))
