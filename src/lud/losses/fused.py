@@ -153,6 +153,10 @@ def _teacher_rows(teacher: Tensor | TeacherRows, n: int, classes: int) -> Teache
 
 
 # --------------------------------------------------------------------------- the chunk loop
+def _take(x: Tensor, rows: Tensor | None, start: int, end: int) -> Tensor:
+    return x[start:end] if rows is None else x.index_select(0, rows[start:end])
+
+
 class _Source:
     """Where a chunk's student logits come from and where their gradient goes."""
 
@@ -169,16 +173,23 @@ class _Source:
 
 
 class _LogitsSource(_Source):
-    def __init__(self, logits: Tensor, with_grad: bool) -> None:
-        self.z, self.n = logits.detach(), logits.shape[0]
+    """Rows of given logits; ``rows`` (indices) makes chunk ``[start, end)`` the rows
+    ``rows[start:end]`` (the valid tokens, without copying them out first)."""
+
+    def __init__(self, logits: Tensor, with_grad: bool, rows: Tensor | None = None) -> None:
+        self.z, self.rows = logits.detach(), rows
+        self.n = logits.shape[0] if rows is None else rows.shape[0]
         self.g = torch.zeros_like(self.z) if with_grad else None
 
     def logits(self, start: int, end: int) -> Tensor:
-        return self.z[start:end].float()
+        return _take(self.z, self.rows, start, end).float()
 
     def accumulate(self, start: int, end: int, grad: Tensor) -> None:
         assert self.g is not None
-        self.g[start:end] = grad.to(self.g.dtype)
+        if self.rows is None:
+            self.g[start:end] = grad.to(self.g.dtype)
+        else:
+            self.g.index_copy_(0, self.rows[start:end], grad.to(self.g.dtype))
 
     def grads(self) -> tuple[Tensor | None, ...]:
         return (self.g,)
@@ -191,8 +202,9 @@ class _LinearSource(_Source):
     chunks in float32 and returned in the weight's dtype."""
 
     def __init__(self, hidden: Tensor, weight: Tensor, bias: Tensor | None,
-                 needs: tuple[bool, bool, bool]) -> None:
-        self.h, self.n = hidden.detach(), hidden.shape[0]
+                 needs: tuple[bool, bool, bool], rows: Tensor | None = None) -> None:
+        self.h, self.rows = hidden.detach(), rows
+        self.n = hidden.shape[0] if rows is None else rows.shape[0]
         self.dtype = hidden.dtype
         self.w = weight.detach().to(self.dtype)
         self.b = None if bias is None else bias.detach().to(self.dtype)
@@ -203,14 +215,17 @@ class _LinearSource(_Source):
                    if needs[2] and bias is not None else None)
 
     def logits(self, start: int, end: int) -> Tensor:
-        return F.linear(self.h[start:end], self.w, self.b).float()
+        return F.linear(_take(self.h, self.rows, start, end), self.w, self.b).float()
 
     def accumulate(self, start: int, end: int, grad: Tensor) -> None:
         g = grad.to(self.dtype)
         if self.gh is not None:
-            self.gh[start:end] = g @ self.w
+            if self.rows is None:
+                self.gh[start:end] = g @ self.w
+            else:
+                self.gh.index_copy_(0, self.rows[start:end], g @ self.w)
         if self.gw is not None:
-            self.gw += (g.t() @ self.h[start:end]).float()
+            self.gw += (g.t() @ _take(self.h, self.rows, start, end)).float()
         if self.gb is not None:
             self.gb += grad.sum(dim=0)
 
