@@ -162,7 +162,6 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
     else:
         temp_all = torch.empty(n, 1, dtype=torch.float32, device=device)
 
-    ranked = bool(loss.cdl_weight > 0 or loss.sdl_weight > 0 or loss.inter_weight or loss.intra_weight)
     need_cols = loss.cdl_weight > 0 or loss.inter_weight > 0 or loss.intra_weight > 0
     sdl_rows = loss._sample_rows(n, device)  # as compute(): advances the training counter
     want_q = loss.sdl_weight > 0
