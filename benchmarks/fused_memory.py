@@ -39,7 +39,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from lud.losses import build_loss
 from lud.losses.fused import chunked_token_loss, forward_kl_rows, fused_linear_token_loss

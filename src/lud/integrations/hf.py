@@ -49,6 +49,7 @@ from transformers import Trainer, TrainerCallback
 from lud.losses import DistillationLoss, LossOutput, build_loss
 
 from .distributed import average_gradients
+from .fused_head import check_fused_student, fused_loss
 from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX, check_gram_budget, valid_rows
 
 __all__ = ["DistillationTrainer", "LOSS_STATE_FILE"]
@@ -99,6 +100,10 @@ class DistillationTrainer(Trainer):
             ``t + 1``); ``None`` (default) decides from the student's class like Hugging Face does.
         ignore_index: label value of positions that do not count (default ``-100``).
         max_gram_elements: largest Gram matrix (elements) a loss may build; see the module doc.
+        fused_chunk_size: ``None`` (default): the student's logits, then the loss. An int: the
+            fused output layer + loss path for training steps, that many tokens at a time, never
+            holding the student's ``(N, V)`` logits (:mod:`lud.integrations.fused_head`: a loss
+            with ``row_loss``, or LUD with ``category_top_k``/``sample_max_rows``).
 
     Raises:
         ValueError: a two-view loss, ``loss_params`` with a built loss, a teacher that shares
@@ -119,6 +124,7 @@ class DistillationTrainer(Trainer):
         shift_labels: bool | None = None,
         ignore_index: int = IGNORE_INDEX,
         max_gram_elements: int = DEFAULT_MAX_GRAM_ELEMENTS,
+        fused_chunk_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -131,6 +137,15 @@ class DistillationTrainer(Trainer):
         if max_gram_elements < 1:
             raise ValueError(f"max_gram_elements must be >= 1, got {max_gram_elements}")
         self.max_gram_elements = int(max_gram_elements)
+        self.fused_chunk_size = fused_chunk_size
+        if fused_chunk_size is not None:
+            if isinstance(fused_chunk_size, bool) or not isinstance(fused_chunk_size, int) or (
+                    fused_chunk_size < 1):
+                raise ValueError(f"fused_chunk_size must be None or an int >= 1, got {fused_chunk_size!r}")
+            if self.args.world_size > 1:
+                raise ValueError("fused_chunk_size is single-process only (the base model is "
+                                 "called outside the DDP wrapper)")
+            check_fused_student(self.model, self.distillation_loss)
         self._log_sums: dict[str, Tensor] = {}
         self._log_counts: dict[str, int] = {}
         loss_params_list = [p for p in self.distillation_loss.parameters() if p.requires_grad]
@@ -192,6 +207,8 @@ class DistillationTrainer(Trainer):
                              f"a position); got keys {sorted(inputs)}")
         labels = inputs["labels"]
         features = {k: v for k, v in inputs.items() if k != "labels"}  # no second loss inside HF
+        if self.fused_chunk_size is not None and model.training and not return_outputs:
+            return self._fused_loss(model, features, labels)
         outputs = model(**features)
         if self.teacher_model.training:  # someone called .train() on it: keep dropout off
             self.teacher_model.eval()
@@ -215,6 +232,24 @@ class DistillationTrainer(Trainer):
             if model.training:
                 self._accumulate(out)
         return (loss, outputs) if return_outputs else loss
+
+    def _fused_loss(self, model: nn.Module, features: dict[str, Any], labels: Tensor) -> Tensor:
+        """The training loss through the fused output layer + loss path (fused_head)."""
+        student = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_logits = _logits(self.teacher_model(**features))
+        shift = self.shift_labels
+        if shift is None:
+            shift = _is_causal_lm(student) and teacher_logits.dim() == 3
+        self.distillation_loss.train(True)
+        with self.accelerator.autocast():
+            out = fused_loss(student, features, teacher_logits, labels, self.distillation_loss,
+                             shift=shift, ignore_index=self.ignore_index,
+                             chunk_size=self.fused_chunk_size, epoch=float(self.state.epoch or 0.0))
+        if out is None:  # nothing valid: a zero connected to the student's parameters
+            return sum(p.sum() * 0.0 for p in student.parameters() if p.requires_grad)
+        self._accumulate(out)
+        return out.total
 
     # -- logging --------------------------------------------------------------------------------
     def _accumulate(self, out: LossOutput) -> None:

@@ -76,12 +76,13 @@ from .lud import (
     weighted_mean,
 )
 
-__all__ = ["chunked_lud_loss", "fused_linear_lud_loss"]
+__all__ = ["check_chunkable_lud", "chunked_lud_loss", "fused_linear_lud_loss"]
 
 _ELEMENTWISE_MAPS = ("paper", "paper_normalized")
 
 
-def _check_loss(loss: Any) -> LUDLoss:
+def check_chunkable_lud(loss: Any) -> LUDLoss:
+    """``loss`` if the chunked LUD path can compute it, else a ``ValueError`` saying why."""
     if not isinstance(loss, LUDLoss):
         raise ValueError(f"loss must be a LUDLoss (build_loss('lud', ...)), got {type(loss).__name__}")
     if loss.category_top_k is None and loss.sample_max_rows is None:
@@ -384,7 +385,7 @@ def chunked_lud_loss(
     ``-100`` ignored. Holds the logits' gradient (computed in forward) but no other ``(N, V)``
     tensor beyond a chunk. ``total`` carries the gradient; ``terms`` are detached.
     """
-    loss = _check_loss(loss)
+    loss = check_chunkable_lud(loss)
     chunk = _check_chunk(chunk_size)
     if not isinstance(student_logits, Tensor) or student_logits.dim() != 2:
         _check_rows("student_logits", student_logits, -1)
@@ -423,7 +424,7 @@ def fused_linear_lud_loss(
     :func:`chunked_lud_loss`. The student logits of each chunk are computed twice (pass 2 and
     pass 3), three times with a batch-relative ``temperature_map``.
     """
-    loss = _check_loss(loss)
+    loss = check_chunkable_lud(loss)
     chunk = _check_chunk(chunk_size)
     if not isinstance(weight, Tensor) or weight.dim() != 2:
         raise ValueError("weight must be a 2-D (vocabulary, hidden) tensor")
