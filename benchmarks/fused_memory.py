@@ -58,14 +58,15 @@ def _status_mb(key: str) -> float:
     raise RuntimeError(f"{key} not in /proc/self/status (Linux only)")
 
 
-def _inputs(n: int, v: int, h: int, seed: int = 0):
+def make_inputs(n: int, v: int, h: int, seed: int = 0, device: str = "cpu"):
+    """(hidden (N, H), weight (V, H), teacher logits (N, V), targets (N,)) on ``device``."""
     g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(n, h, generator=g).requires_grad_(True)
-    weight = (torch.randn(v, h, generator=g) / h**0.5).requires_grad_(True)
-    teacher = torch.empty(n, v)
+    hidden = torch.randn(n, h, generator=g).to(device).requires_grad_(True)
+    weight = (torch.randn(v, h, generator=g) / h**0.5).to(device).requires_grad_(True)
+    teacher = torch.empty(n, v, device=device)
     for s in range(0, n, 256):  # filled in slices: no second N x V temporary
-        teacher[s:s + 256] = torch.randn(min(256, n - s), v, generator=g) * 3
-    targets = torch.randint(0, v, (n,), generator=g)
+        teacher[s:s + 256] = (torch.randn(min(256, n - s), v, generator=g) * 3).to(device)
+    targets = torch.randint(0, v, (n,), generator=g).to(device)
     return hidden, weight, teacher, targets
 
 
@@ -98,10 +99,10 @@ def make_step(config: str, hidden, weight, teacher, targets, chunk: int):
 
 
 def _child(config: str, n: int, v: int, h: int, chunk: int, repeats: int) -> None:
-    small = _inputs(8, 64, 16)
+    small = make_inputs(8, 64, 16)
     make_step(config, *small, chunk=4)()  # imports, thread pools: not the step's memory
     del small
-    inputs = _inputs(n, v, h)
+    inputs = make_inputs(n, v, h)
     step = make_step(config, *inputs, chunk=chunk)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM
