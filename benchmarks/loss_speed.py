@@ -90,7 +90,9 @@ def environment() -> str:
             f"{cpu} ({os.cpu_count()} CPUs), load average {load} before the run, "
             f"ranking backends: {', '.join(ranking.available_backends())} (auto = "
             f"{ranking.resolve_backend('auto')}), numpy {np.__version__} SIMD {simd}, "
-            f"env: {set_vars or 'none of ' + '/'.join(_ENV_VARS[:4]) + '/... set'}")
+            f"env: {set_vars or 'none of ' + '/'.join(_ENV_VARS[:4]) + '/... set'}"
+            + (f"; WARNING: load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, the "
+               "figures are not an idle machine's" if os.getloadavg()[0] > 0.5 else ""))
 
 
 def _time_round_robin(
