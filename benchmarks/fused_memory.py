@@ -150,6 +150,7 @@ def run(configs: list[str], n: int, v: int, h: int, chunk: int, repeats: int) ->
         if proc.returncode != 0:
             raise RuntimeError(f"{config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         results[config] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(json.dumps(results[config]), file=sys.stderr, flush=True)  # progress
     return {"machine": env, "tokens": n, "vocab": v, "hidden": h, "chunk": chunk,
             "repeats": repeats, "results": results}
 
