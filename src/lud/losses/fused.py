@@ -293,7 +293,8 @@ class _ChunkedLoss(torch.autograd.Function):
             _, grads = ctx.run(True)
             ctx.run = None
         ctx.grads = None
-        out = tuple(None if g is None else g * grad_out.to(g.dtype) for g in grads)
+        # in place: the buffers are this call's own (a copy would double the (V, H) gradient)
+        out = tuple(None if g is None else g.mul_(grad_out.to(g.dtype)) for g in grads)
         return (None, None, *out)
 
 
