@@ -225,7 +225,11 @@ class _LinearSource(_Source):
             else:
                 self.gh.index_copy_(0, self.rows[start:end], g @ self.w)
         if self.gw is not None:
-            self.gw += (g.t() @ _take(self.h, self.rows, start, end)).float()
+            h = _take(self.h, self.rows, start, end)
+            if self.gw.dtype == g.dtype:  # in place: no (V, H) temporary per chunk
+                self.gw.addmm_(g.t(), h)
+            else:
+                self.gw += (g.t() @ h).float()
         if self.gb is not None:
             self.gb += grad.sum(dim=0)
 
