@@ -254,6 +254,8 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
 
     cs = torch.cat(cs_parts).requires_grad_(True) if need_cols else None
     ct = torch.cat(ct_parts) if need_cols else None
+    cs_parts.clear()
+    ct_parts.clear()  # the pieces are copied: free them
     qs = qt = None
     if want_q:
         m = q_index.shape[0]
@@ -261,6 +263,8 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
         qt = torch.empty_like(qs)
         for (pos, x), (_, y) in zip(qs_parts, qt_parts):
             qs[pos], qt[pos] = x, y
+        qs_parts.clear()
+        qt_parts.clear()
         qs.requires_grad_(True)
     rank_terms: list[Tensor] = []
     with torch.enable_grad():
@@ -303,6 +307,7 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
                 g_cs = next(it) if cs is not None else None
                 g_qs = next(it) if qs is not None else None
 
+    cs = ct = qs = qt = None  # pass 3 needs only their gradients
     # pass 3: per chunk, the chain rule through the fixed statistics into the chunk's logits
     if with_grad:
         w_scaled = loss.instance_weight * w_inst * t_rows.pow(2) / inst_den
