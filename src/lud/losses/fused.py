@@ -209,15 +209,24 @@ class _LinearSource(_Source):
         self.w = weight.detach().to(self.dtype)
         self.b = None if bias is None else bias.detach().to(self.dtype)
         self.out_dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        self.gh = torch.zeros_like(self.h) if needs[0] else None
-        self.gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs[1] else None
-        self.gb = (torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
-                   if needs[2] and bias is not None else None)
+        self.needs = (needs[0], needs[1], needs[2] and bias is not None)
+        self.gh = self.gw = self.gb = None  # allocated at the first gradient (LUD's passes 1-2
+        self.shape = weight.shape          # run without them: a lower peak)
 
     def logits(self, start: int, end: int) -> Tensor:
         return F.linear(_take(self.h, self.rows, start, end), self.w, self.b).float()
 
+    def _allocate(self) -> None:
+        dev = self.h.device
+        if self.needs[0] and self.gh is None:
+            self.gh = torch.zeros_like(self.h)
+        if self.needs[1] and self.gw is None:
+            self.gw = torch.zeros(self.shape, dtype=torch.float32, device=dev)
+        if self.needs[2] and self.gb is None:
+            self.gb = torch.zeros(self.shape[0], dtype=torch.float32, device=dev)
+
     def accumulate(self, start: int, end: int, grad: Tensor) -> None:
+        self._allocate()
         g = grad.to(self.dtype)
         if self.gh is not None:
             if self.rows is None:
@@ -234,6 +243,7 @@ class _LinearSource(_Source):
             self.gb += grad.sum(dim=0)
 
     def grads(self) -> tuple[Tensor | None, ...]:
+        self._allocate()  # zeros where a gradient was asked for but no chunk contributed
         gw = None if self.gw is None else self.gw.to(self.out_dtypes[0])
         gb = None if self.gb is None or self.out_dtypes[1] is None else self.gb.to(self.out_dtypes[1])
         return self.gh, gw, gb
