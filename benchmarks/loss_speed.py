@@ -58,6 +58,43 @@ def _variants() -> dict[str, Callable[[], torch.nn.Module]]:
     return out
 
 
+# Environment variables that change what the timed code runs: thread pools, BLAS / numpy SIMD
+# dispatch (the ranks sort with numpy: AVX-512 or not changes LUD's time), the allocator.
+_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
+             "NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES", "MALLOC_MMAP_THRESHOLD_",
+             "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+def environment() -> str:
+    """One line: what decides the figures — CPU, threads (and who set them), load before the
+    run, the ranking backends (torchsort installed makes it ``auto``), numpy's sort SIMD level,
+    and the environment variables above that are set."""
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats
+        simd = "AVX512F" if feats.get("AVX512F") else ("AVX2" if feats.get("AVX2") else "none")
+    except ImportError:
+        simd = "unknown"
+    set_vars = {k: os.environ[k] for k in _ENV_VARS if os.environ.get(k)}
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads "
+            f"(OMP_NUM_THREADS {'=' + omp if omp else 'unset'}), "
+            f"{cpu} ({os.cpu_count()} CPUs), load average {load} before the run, "
+            f"ranking backends: {', '.join(ranking.available_backends())} (auto = "
+            f"{ranking.resolve_backend('auto')}), numpy {np.__version__} SIMD {simd}, "
+            f"env: {set_vars or 'none of ' + '/'.join(_ENV_VARS[:4]) + '/... set'}"
+            + (f"; WARNING: load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, the "
+               "figures are not an idle machine's" if os.getloadavg()[0] > 0.5 else ""))
+
+
 def _time_round_robin(
     fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 3
 ) -> dict[str, float]:
@@ -382,8 +419,7 @@ def main() -> None:
         _vocab_child(args._vocab[0], *(int(x) for x in args._vocab[1:]))
         return
     if args.vocab:
-        env = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-               f"{platform.processor() or platform.machine()}")
+        env = environment()
         text = "\n".join([f"Environment: {env}", ""]
                          + vocab_table(args.tokens, args.vocab_size, args.vocab_repeats))
         print(text)
@@ -393,12 +429,7 @@ def main() -> None:
         return
     shapes = [(64, 100), (256, 1000)]
     kept = keep_freed_memory() if args.keep_freed_memory else False
-    env = (
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}, "
-        f"ranking backends: {', '.join(ranking.available_backends())}, "
-        f"glibc keep-freed-memory settings: {'on' if kept else 'off'}"
-    )
+    env = (f"{environment()}, glibc keep-freed-memory settings: {'on' if kept else 'off'}")
     out = [f"Environment: {env}", "", "Forward+backward per call (median):", ""]
     out += loss_table(shapes, args.repeats)
     if not args.no_memory:

@@ -58,6 +58,7 @@ from transformers import Trainer, TrainerCallback
 from lud.losses import DistillationLoss, LossOutput
 
 from .distributed import average_gradients
+from .fused_head import check_fused_student, fused_loss
 from .loss_step import distillation_loss_step, resolve_loss
 from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX
 from .topk_teacher import CACHE_KEYS, check_topk_options, online_topk, pop_cached_teacher
@@ -121,6 +122,11 @@ class DistillationTrainer(Trainer):
             Trainer's ``num_items_in_batch``) rather than per micro-batch; see the module doc.
             Needs transformers' count hook (``Trainer._get_num_items_in_batch``, transformers 5);
             without it the per-micro-batch mean is used.
+        fused_chunk_size: ``None`` (default): the student's logits, then the loss. An int: the
+            fused output layer + loss path for training steps, that many tokens at a time, never
+            holding the student's ``(N, V)`` logits (:mod:`lud.integrations.fused_head`: a loss
+            with ``row_loss``, or LUD with ``category_top_k``/``sample_max_rows``). It needs the
+            dense teacher (no top-k teacher, no ``vocab_size``).
 
     Raises:
         ValueError: a two-view loss, ``loss_params`` with a built loss, a teacher that shares
@@ -145,6 +151,7 @@ class DistillationTrainer(Trainer):
         token_normalization: bool = True,
         teacher_top_k: int | None = None,
         topk_tail: str = "bucket",
+        fused_chunk_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -172,6 +179,20 @@ class DistillationTrainer(Trainer):
         if max_gram_elements < 1:
             raise ValueError(f"max_gram_elements must be >= 1, got {max_gram_elements}")
         self.max_gram_elements = int(max_gram_elements)
+        self.fused_chunk_size = fused_chunk_size
+        if fused_chunk_size is not None:
+            if isinstance(fused_chunk_size, bool) or not isinstance(fused_chunk_size, int) or (
+                    fused_chunk_size < 1):
+                raise ValueError(f"fused_chunk_size must be None or an int >= 1, got {fused_chunk_size!r}")
+            if self.args.world_size > 1:
+                raise ValueError("fused_chunk_size is single-process only (the base model is "
+                                 "called outside the DDP wrapper)")
+            check_fused_student(self.model, self.distillation_loss)
+            if teacher_model is None or teacher_top_k is not None or vocab_size is not None:
+                what = ("a cached top-k teacher" if teacher_model is None else
+                        "teacher_top_k" if teacher_top_k is not None else "vocab_size")
+                raise ValueError(f"fused_chunk_size takes the teacher's full logits over the same "
+                                 f"vocabulary; it does not combine with {what}")
         self._log_sums: dict[str, Tensor] = {}
         self._log_counts: dict[str, int] = {}
         loss_params_list = [p for p in self.distillation_loss.parameters() if p.requires_grad]
@@ -243,6 +264,9 @@ class DistillationTrainer(Trainer):
         inputs = dict(inputs)
         topk = pop_cached_teacher(inputs, self.distillation_loss, self.topk_tail)
         features = {k: v for k, v in inputs.items() if k != "labels"}  # no second loss inside HF
+        if self.fused_chunk_size is not None and model.training and not return_outputs:
+            return self._fused_loss(model, features, labels,
+                                    num_items_in_batch if self.token_normalization else None)
         outputs = model(**features)
         teacher_logits = None
         if topk is None:
@@ -279,6 +303,29 @@ class DistillationTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *CACHE_KEYS]))
+    def _fused_loss(self, model: nn.Module, features: dict[str, Any], labels: Tensor,
+                    num_items_in_batch: Any = None) -> Tensor:
+        """The training loss through the fused output layer + loss path (fused_head)."""
+        student = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_logits = _logits(self.teacher_model(**features))
+        shift = self.shift_labels
+        if shift is None:
+            shift = _is_causal_lm(student) and teacher_logits.dim() == 3
+        self.distillation_loss.train(True)
+        with self.accelerator.autocast():
+            out = fused_loss(student, features, teacher_logits, labels, self.distillation_loss,
+                             shift=shift, ignore_index=self.ignore_index,
+                             chunk_size=self.fused_chunk_size, epoch=float(self.state.epoch or 0.0))
+        if out is None:  # nothing valid: a zero connected to the student's parameters
+            return sum(p.sum() * 0.0 for p in student.parameters() if p.requires_grad)
+        self._accumulate(out)
+        if num_items_in_batch is None:
+            return out.total
+        # token normalisation as in distillation_loss_step: the micro-batch's sum over the global count
+        y = labels[..., 1:] if shift else labels
+        valid = (y != self.ignore_index).sum()
+        return out.total * valid / torch.as_tensor(num_items_in_batch, device=valid.device).clamp_min(1)
 
     # -- logging --------------------------------------------------------------------------------
     def _accumulate(self, out: LossOutput) -> None:

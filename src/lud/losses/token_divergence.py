@@ -190,6 +190,19 @@ class TokenDivergenceLoss(DistillationLoss):
         return self.output(terms, {"divergence": divergence,
                                    "temperature": torch.tensor(self.temperature)})
 
+    def row_loss(self, student_logits: Tensor, teacher_logits: Tensor,
+                 targets: Tensor | None = None) -> Tensor:
+        """Per-token values whose mean over the valid tokens is :attr:`total` (the row-loss contract
+        of :mod:`lud.losses.fused`: chunked and fused paths). Targets equal to -100 give a CE of 0."""
+        s, t = student_logits.float(), teacher_logits.detach().float()
+        s, t = shared_vocabulary(s, t, self.vocab_size)
+        values = (1.0 - self.ce_weight) * self.divergence(s, t, self.temperature)
+        if self.ce_weight > 0:
+            if targets is None:
+                raise ValueError(f"loss '{self.divergence_name}' with ce_weight > 0 needs targets")
+            values = values + self.ce_weight * F.cross_entropy(s, targets.long(), reduction="none")
+        return values
+
     def compute_topk(self, student_logits: Tensor, teacher: Any, targets: Tensor | None,
                      epoch: Epoch) -> LossOutput:
         """The loss with a top-k teacher (:class:`~lud.losses.topk.TopKTeacher`): the divergence is
