@@ -11,7 +11,7 @@ import pytest
 from lud.config import load_config, validate_config
 from lud.losses import build_loss
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 CONFIGS_DIR = ROOT / "src" / "lud" / "configs"
 CONFIGS = sorted(CONFIGS_DIR.rglob("*.yaml"))
 _spec = importlib.util.spec_from_file_location("make_configs", ROOT / "scripts" / "make_configs.py")

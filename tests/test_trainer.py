@@ -495,6 +495,7 @@ def test_runtime_variants_run(
     assert summary["completed"] and summary["best"]["epoch"] in (2, 3)
 
 
+@pytest.mark.slow
 def test_compiled_loss_keeps_one_graph_across_epochs(env: dict[str, Path]) -> None:
     """runtime.compile_loss: DKD's warm-up changes at every step; the epoch reaches the compiled
     loss as a tensor, so one graph serves all 30 steps and training gives what eager training
