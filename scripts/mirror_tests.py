@@ -35,6 +35,7 @@ FOLDERS: dict[str, str] = {
     # the package as a whole
     "test_architecture.py": TOP,
     "test_docs_tables.py": TOP,
+    "test_examples.py": TOP,
     "test_gpu_check.py": TOP,
     "test_readme.py": TOP,
     "test_wheel.py": TOP,
