@@ -8,6 +8,7 @@ the one mapping, test file name → folder.
     python scripts/mirror_tests.py              # what would move, and unknown test files
     python scripts/mirror_tests.py --fix-paths  # first (and commit): root-based paths in the files
     python scripts/mirror_tests.py --apply      # git mv every known file into its folder
+    python scripts/mirror_tests.py --fix-refs   # then (and commit): docs and sources name the new paths
     python scripts/mirror_tests.py --check      # exit 1 if a test file is unknown or out of place
 
 A test file not in :data:`FOLDERS` is reported with a guess (the ``lud`` package its imports
@@ -144,6 +145,41 @@ def fix_paths(path: Path) -> bool:
     return new != text
 
 
+#: where the project names test files (docs, docstrings, comments, the Makefile)
+REF_PLACES = ("README.md", "CHANGELOG.md", "Makefile", "pyproject.toml", ".ci", "docs", "src",
+              "scripts", "benchmarks", "examples", "tests")
+_REF = re.compile(r"\btests/(test_\w+\.py)")
+_TEXT_SUFFIXES = (".py", ".md", ".yaml", ".sh", ".toml", "")  # "": Makefile, .ci/run
+
+
+def fix_refs() -> list[Path]:
+    """Rewrite every ``tests/test_X.py`` named in :data:`REF_PLACES` to the folder
+    :data:`FOLDERS` gives it (idempotent: ``tests/engine/test_X.py`` is left alone); the files
+    changed. Run it after ``--apply`` and commit it separately."""
+    def repl(m: re.Match[str]) -> str:
+        folder = FOLDERS.get(m.group(1))
+        return f"tests/{folder}/{m.group(1)}" if folder else m.group(0)
+
+    files: list[Path] = []
+    for place in REF_PLACES:
+        path = ROOT / place
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            files += sorted(f for f in path.rglob("*")
+                            if f.is_file() and f.suffix in _TEXT_SUFFIXES and "__pycache__" not in f.parts)
+    changed = []
+    for f in files:
+        if f.resolve() == Path(__file__).resolve():
+            continue  # the mapping itself
+        text = f.read_text(encoding="utf-8")
+        new = _REF.sub(repl, text)
+        if new != text:
+            f.write_text(new, encoding="utf-8")
+            changed.append(f)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
@@ -153,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--fix-paths", action="store_true",
                       help="rewrite tests/-relative paths (parents[1], parent / 'fixtures') of the "
                            "files to move so that they start at the repository root")
+    mode.add_argument("--fix-refs", action="store_true",
+                      help="after --apply: rewrite tests/test_X.py named in the docs, sources and "
+                           "Makefile to the file's folder")
     args = parser.parse_args(argv)
+    if args.fix_refs:
+        for f in fix_refs():
+            print(f"updated the test paths named in {f.relative_to(ROOT)}")
     if args.fix_paths:
         for src, _ in plan()[0]:
             if fix_paths(src):
