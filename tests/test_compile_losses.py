@@ -60,6 +60,7 @@ def test_tensor_epoch_compiles_once_and_matches_eager(name: str, params: dict) -
     assert counters["stats"]["unique_graphs"] == 1
 
 
+@pytest.mark.slow
 def test_float_epoch_is_what_recompiles() -> None:
     """The counterfactual the tensor epoch avoids: each new float epoch is a new graph."""
     s, t, y = _inputs()
