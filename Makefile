@@ -2,7 +2,7 @@
 # Both create the virtual environment on first use; pip (not uv/poetry) so that the local torch
 # wheels are found. torch and torchvision are pinned together: an unpinned torchvision next to a
 # different torch silently swaps torch. The hf extra (transformers + accelerate, for
-# tests/test_integrations_hf.py) adds about 40 s and 180 MB to the first install (37 s measured
+# tests/integrations/test_integrations_hf.py) adds about 40 s and 180 MB to the first install (37 s measured
 # adding it to an existing venv, 2 cores, local package index); its tests
 # are skipped where it is absent.
 PYTHON ?= python3

@@ -2,7 +2,7 @@
 (method.md §5–6).
 
 One experiment = one file, every hyper-parameter spelled out in it (none hidden in file names).
-Re-run after changing a recipe: ``python scripts/make_configs.py``; tests/test_configs_tree.py checks
+Re-run after changing a recipe: ``python scripts/make_configs.py``; tests/config/test_configs_tree.py checks
 that every file here loads and validates, and that the tree equals what this script writes.
 Layout: ``<dataset>/<method>/<teacher>_<student>.yaml`` for distillation and
 ``<dataset>/ce/<model>.yaml`` for training a model alone (teachers and student baselines); the

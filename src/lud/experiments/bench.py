@@ -117,7 +117,7 @@ _EXECUTION_KEYS = frozenset(
         "runtime.compile",
         "runtime.channels_last",
         "runtime.teacher_cache",
-        "runtime.grad_norms_every",  # the probe only reads gradients (tests/test_gradnorms.py)
+        "runtime.grad_norms_every",  # the probe only reads gradients (tests/engine/test_gradnorms.py)
     }
 )
 
