@@ -140,3 +140,21 @@ def test_an_import_cycle_is_caught(tmp_path: Path, module: str, line: str,
     with open(tmp_path / "lud" / module, "a") as f:
         f.write("\n\n" + line)
     assert _import_cycles(tmp_path) == [cycle]
+
+
+# ----------------------------------------------------------------------------- test layout
+def test_the_tests_mirror_the_package() -> None:
+    """Every test file sits in the folder ``scripts/mirror_tests.py`` maps it to: a new test file
+    goes into the mapping (and its folder) or this fails, naming it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mirror_tests", ROOT / "scripts" / "mirror_tests.py")
+    assert spec is not None and spec.loader is not None
+    mirror = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mirror)
+    moves, unknown = mirror.plan()
+    assert unknown == [], f"test files without a folder in scripts/mirror_tests.py: {unknown}"
+    assert moves == [], f"test files out of place (python scripts/mirror_tests.py --apply): {moves}"
+    lud = ROOT / "src" / "lud"
+    for folder in set(mirror.FOLDERS.values()) - {""}:  # each folder is a part of the package
+        assert (lud / folder).is_dir() or (lud / f"{folder}.py").is_file(), folder
