@@ -8,7 +8,7 @@ the rest (``_base_``, :mod:`lud.config`) from
 every config of a method on that data set shares, where that is more than the loss name). The
 bases are computed from the full configs (:func:`all_configs`), so a file holds exactly what
 differs. ``lud config show NAME`` prints one fully resolved.
-Re-run after changing a recipe: ``python scripts/make_configs.py``; tests/test_configs_tree.py checks
+Re-run after changing a recipe: ``python scripts/make_configs.py``; tests/config/test_configs_tree.py checks
 that the tree equals what this script writes, that every config loads to exactly its full config,
 validates, and that every registered distillation loss has its configs.
 Layout: ``<dataset>/<method>/<teacher>_<student>.yaml`` for distillation and

@@ -19,7 +19,10 @@ import venv
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+pytestmark = pytest.mark.slow  # builds a wheel and installs it into a fresh venv
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 CONFIGS = sorted((ROOT / "src" / "lud" / "configs").rglob("*.yaml"))  # configs and their bases
 
 

@@ -292,9 +292,11 @@ def _build_modules(run: Run, cfg: Config) -> None:
     # what the loss really runs with (recorded in resolved.yaml, checkpoints, summary.json)
     run.resolved_loss_params = resolved_loss_params(run.loss)
     _check_views(run, cfg)
-    # The loss's input validation reads values back from the device (target range, NaN).
-    # Shapes, class counts and targets are checked on the first step; after that a NaN is
-    # caught by the trainer's own sync-free tracking (lud.engine.loop), not once per step.
+    # The loss's input validation reads values back from the device (target range, NaN), and
+    # would keep a compiled loss eager: the engine checks the first step's inputs itself
+    # (lud.engine.step.check_first_step); after that a NaN is caught by the step's own tracking
+    # (runtime.nonfinite), not once per step.
+    run.loss.validate = False
     run.inputs_checked = False
     run.teacher = None
     if run.loss.requires_teacher:

@@ -1,6 +1,6 @@
 """A test hook: park the process at a chosen point so that a test can ``SIGKILL`` it there.
 
-The fault-injection tests (``tests/test_faults.py``) must kill a training process at exact,
+The fault-injection tests (``tests/engine/test_faults.py``) must kill a training process at exact,
 reproducible places — in the middle of an epoch, while a checkpoint is being written, during
 evaluation — which a timer cannot hit on a run whose epochs take milliseconds. Two environment
 variables do it; unset (always, outside the tests) the hook is a dictionary lookup and returns::

@@ -7,7 +7,7 @@ logits does. :func:`term_grad_norms` computes, for every named term of a
 ``B×C`` batch with ``torch.autograd.grad`` — which only *returns* gradients: no ``.grad`` of any
 parameter (the model's, CTKD's temperature module's) is written, and ``retain_graph=True`` keeps the
 graph for the training step's own ``output.total.backward()``. The parameter update is therefore
-the same with or without the probe (tests/test_gradnorms.py checks it for every registered loss).
+the same with or without the probe (tests/engine/test_gradnorms.py checks it for every registered loss).
 
 Use (every N steps, before the real backward)::
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
@@ -32,9 +32,15 @@ from .runlog import logger, read_metrics
 from .seeding import restore_rng_state
 
 if TYPE_CHECKING:
-    from .build import Run
+    import torch
+    from torch import nn
+
+    from ..data import DataBundle
+    from .optim import LRSchedule
+    from .runtime import RuntimeContext
 
 __all__ = [
+    "CheckpointedRun",
     "RunFolderError",
     "check_resolved_params",
     "check_resume_compatible",
@@ -275,8 +281,29 @@ def check_resume_compatible(
 
 
 # ------------------------------------------------------------------ a run's checkpoint
+class CheckpointedRun(Protocol):
+    """What :func:`run_state` saves of a run and :func:`load_run_state` restores into it: the
+    part of :class:`lud.engine.build.Run` a checkpoint holds (declared here so that this module
+    does not import the one that builds runs)."""
+
+    cfg: Config
+    ctx: RuntimeContext
+    bundle: DataBundle
+    model: nn.Module
+    loss: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    best: dict[str, Any]
+    max_test_top1: float | None
+    teacher_top1: float | None
+    start_epoch: int
+    saved_epoch: int
+    wall_before: float
+
+
 def run_state(
-    run: Run, epoch: int, row: dict[str, Any], wall: float, rng_ranks: list[Any]
+    run: CheckpointedRun, epoch: int, row: dict[str, Any], wall: float, rng_ranks: list[Any]
 ) -> dict[str, Any]:
     """The checkpoint of ``run`` after ``epoch`` epochs (``rng_ranks``: every rank's RNG state,
     in rank order)."""
@@ -304,7 +331,7 @@ def run_state(
         "wall_time_s": wall,
     }
 
-def load_run_state(run: Run, path: Path, ckpt: dict[str, Any]) -> None:
+def load_run_state(run: CheckpointedRun, path: Path, ckpt: dict[str, Any]) -> None:
     """Put ``last.pt``'s training state into ``run`` (whose modules are built)."""
     # Loaded on the CPU: load_state_dict copies onto the device, without a second GPU copy.
     check_resume_compatible(

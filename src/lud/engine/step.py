@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..losses import validate_logits
 from . import distributed
 from .gradnorms import term_grad_norms
 from .runlog import logger
@@ -25,6 +26,7 @@ __all__ = [
     "TrainingDivergedError",
     "augment",
     "augment_views",
+    "check_first_step",
     "compute_loss",
     "diverged",
     "guarded_step",
@@ -100,6 +102,42 @@ def any_rank(run: Run, flag: Tensor) -> bool:
     return bool(value)
 
 
+def check_first_step(
+    run: Run,
+    s_logits: Tensor,
+    t_logits: Tensor | None,
+    y: Tensor,
+    s2: Tensor | None = None,
+    t2: Tensor | None = None,
+) -> None:
+    """The input checks of a run's first step; ``ValueError`` naming the problem.
+
+    The engine builds the loss with ``validate=False`` (:func:`lud.engine.build._build_modules`):
+    the loss's own checks read values back from the device (target range, NaN/Inf), a sync on
+    every call, and would keep ``runtime.compile_loss`` on the eager path. The engine runs the
+    same checks (:func:`lud.losses.validate_logits`) once, here, on the first step it trains (the
+    first after a resume too): shapes, dtypes, class counts, target range and finite logits of
+    both views; with ``loss.params.gather`` data-parallel, the same batch size on every rank.
+    After that a NaN/Inf is caught by the step's own tracking (``runtime.nonfinite``).
+    """
+    validate_logits(s_logits, t_logits, y)
+    if s2 is not None:
+        validate_logits(s2, t2, y)
+        if s2.shape != s_logits.shape:
+            raise ValueError(
+                f"strong_student_logits has shape {tuple(s2.shape)}, the weak view "
+                f"{tuple(s_logits.shape)}: both views must hold the same images"
+            )
+    if run.ctx.distributed and getattr(run.loss, "gather", False):
+        rows = s_logits.shape[0]
+        bounds = distributed.all_reduce_max(torch.tensor([rows, -rows], device=s_logits.device))
+        if int(bounds[0]) != -int(bounds[1]):
+            raise ValueError(
+                "gathering logits across ranks needs the same batch size on every rank, got "
+                f"between {-int(bounds[1])} and {int(bounds[0])}"
+            )
+
+
 def compute_loss(
     run: Run,
     x: Tensor,
@@ -120,8 +158,11 @@ def compute_loss(
     recipes do, so BatchNorm sees each view alone) and the loss gets its logits as
     ``strong_student_logits`` / ``strong_teacher_logits``. The returned logits are the weak
     view's. With ``skip_bad_logits``, returns ``None`` before calling the loss when the
-    student's logits are NaN/Inf on any rank. A ``ValueError`` of the loss (bad data, a broken
-    teacher) gets the epoch and step; with ``first_bad`` (the sync-free NaN tracking of
+    student's logits are NaN/Inf on any rank. Until a step has passed them
+    (``run.inputs_checked``), the inputs first go through :func:`check_first_step`; the loss
+    (``run.loss_fn``: compiled with ``runtime.compile_loss``) runs without input checks on every
+    step. A ``ValueError`` of the checks or the loss (bad data, a broken teacher) gets the epoch
+    and step; with ``first_bad`` (the sync-free NaN tracking of
     ``runtime.nonfinite='stop'``) it becomes a :class:`TrainingDivergedError` when the student's
     logits are not finite (a NaN loss at an earlier step poisoned the weights).
 
@@ -149,14 +190,14 @@ def compute_loss(
     strong = {} if s2 is None else {"strong_student_logits": s2, "strong_teacher_logits": t2}
     run.grad_norms = None
     try:
+        if not run.inputs_checked:
+            check_first_step(run, s_logits, t_logits, y, s2, t2)
+            run.inputs_checked = True
         progress: float | Tensor = epoch + step / run.steps
-        loss_fn = run.loss_fn
-        if loss_fn is not run.loss:
+        if run.loss_fn is not run.loss:
             # compiled: a Python float would be specialised on (a recompile every step)
             progress = torch.tensor(progress, device=s_logits.device)
-            if run.loss.validate:  # the first step's input checks read values back: eager
-                loss_fn = run.loss
-        out = loss_fn(s_logits, t_logits, y, epoch=progress, **strong)
+        out = run.loss_fn(s_logits, t_logits, y, epoch=progress, **strong)
         every = run.cfg.runtime.grad_norms_every
         if every and (epoch * run.steps + step) % every == 0:
             run.grad_norms = term_grad_norms(out, students)
@@ -196,13 +237,11 @@ def train_step(
     x_strong: Tensor | None = None,
 ) -> tuple[Any, Tensor]:
     """One training step, ``runtime.nonfinite='stop'``: NaN is detected without a sync."""
-    run.loss.validate = not run.inputs_checked
     result = compute_loss(
         run, x, t_logits, y, epoch, step, x_strong=x_strong, first_bad=first_bad
     )
     assert result is not None  # only skip_bad_logits returns None
     out, s_logits = result
-    run.inputs_checked = True
     _backward(run, out.total)
     _apply(run)
     return out, s_logits

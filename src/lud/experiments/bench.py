@@ -125,7 +125,7 @@ _EXECUTION_KEYS = frozenset(
         "runtime.compile",
         "runtime.channels_last",
         "runtime.teacher_cache",
-        "runtime.grad_norms_every",  # the probe only reads gradients (tests/test_gradnorms.py)
+        "runtime.grad_norms_every",  # the probe only reads gradients (tests/engine/test_gradnorms.py)
         "runtime.allow_changed_params",  # what resuming may accept, not what a run computes
     }
 )

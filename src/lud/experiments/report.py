@@ -33,12 +33,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from ..config import Config, config_from_dict
+
+if TYPE_CHECKING:
+    from .calibration import ModelEval
 
 __all__ = ["RunGroup", "discover_runs", "make_report"]
 
@@ -537,6 +540,12 @@ def make_report(
 ) -> Path:
     """Write the plots and ``report.md`` for ``path``; return the path of ``report.md``.
 
+    The page is built in the order of its sections, one step each: the runs and their
+    evaluations (:func:`_load_runs`), the results table (:func:`_results_section`), training
+    curves, LUD internals, gradient norms, the teacher's evaluation (:func:`_evaluate_teacher`),
+    which methods the comparison plots show (:func:`_comparison_groups`), calibration, the
+    per-class gain, and the notes that every step adds to when something is skipped.
+
     Args:
         path: a benchmark folder, a run folder, or a folder of run folders.
         output_dir: where to write (default ``path/report``).
@@ -545,15 +554,40 @@ def make_report(
         device: device for those evaluations (default: each run's ``runtime.device``).
         log: progress messages (``None``: silent).
     """
-    from ..engine.runlog import read_metrics
-    from .calibration import EVAL_FILE, ModelEval, evaluate_run, evaluate_teacher
-
     say = log or (lambda _m: None)
     root = Path(path)
     kind, groups, teacher_cfg = discover_runs(root)
     out = Path(output_dir) if output_dir is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
+    _load_runs(groups, evaluate, device, notes)
+    colors = _colors([g.label for g in groups] + ["student alone"])
+    for g in groups:
+        colors.setdefault(_name(g), colors[g.label])
+
+    md = _results_section(kind, root, groups, evaluate)
+    md += _curves_section(groups, colors, out, notes)
+    md += _lud_section(groups, colors, out, notes)
+    md += _grad_norms_section(groups, out)
+    teacher_eval = _evaluate_teacher(kind, root, out, teacher_cfg, evaluate, device, say, notes)
+    focus = _comparison_groups(groups, teacher_cfg, notes)
+    md += _calibration_section(teacher_eval, focus, colors, out, notes)
+    md += _class_gain_section(focus, colors, out, notes)
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    page = out / "report.md"
+    page.write_text("\n".join(md))
+    return page
+
+
+# ----------------------------------------------------------------------------- report steps
+def _load_runs(groups: list[RunGroup], evaluate: bool, device: str | None,
+               notes: list[str]) -> None:
+    """Each group's ``metrics.jsonl`` rows and the evaluation of each run's best checkpoint
+    (cached ones only unless ``evaluate``); a checkpoint that cannot be evaluated is a note."""
+    from ..engine.runlog import read_metrics
+    from .calibration import EVAL_FILE, evaluate_run
+
     for g in groups:
         g.metrics = [read_metrics(r / "metrics.jsonl") for r in g.runs]
         g.evals = []
@@ -567,10 +601,10 @@ def make_report(
                 g.evals.append(g.eval_of[r])
             except (ValueError, FileNotFoundError) as exc:
                 notes.append(f"{r}: best checkpoint not evaluated ({exc}).")
-    colors = _colors([g.label for g in groups] + ["student alone"])
-    for g in groups:
-        colors.setdefault(_name(g), colors[g.label])
 
+
+def _results_section(kind: str, root: Path, groups: list[RunGroup], evaluate: bool) -> list[str]:
+    """The title, the source and the results: a benchmark's tables, or one row per run."""
     title = {"bench": "Benchmark", "run": "Run", "folder": "Runs"}[kind]
     what = {"bench": "a benchmark folder", "run": "a run folder", "folder": "a folder of runs"}[
         kind
@@ -583,8 +617,13 @@ def make_report(
         md += ["## Results", "", tables.replace("\n## ", "\n### "), ""]
     else:
         md += ["## Results", "", _summary_table(groups), ""]
+    return md
 
-    md += ["## Training curves", ""]
+
+def _curves_section(groups: list[RunGroup], colors: dict[str, Any], out: Path,
+                    notes: list[str]) -> list[str]:
+    """Top-1 and loss per epoch (one panel per method), and all methods' test top-1 together."""
+    md = ["## Training curves", ""]
     if _plot_curves(groups, "top1", colors, out / "curves_top1.png"):
         md += [_TEXT["top1"], "", "![top-1 per epoch](curves_top1.png)", ""]
     else:
@@ -593,87 +632,117 @@ def make_report(
         md += [_TEXT["loss"], "", "![loss per epoch](curves_loss.png)", ""]
     if len(groups) > 1 and _plot_test_overlay(groups, colors, out / "test_top1.png"):
         md += ["![test top-1 per epoch, all methods](test_top1.png)", ""]
+    return md
 
-    md += ["## LUD internals", ""]
+
+def _lud_section(groups: list[RunGroup], colors: dict[str, Any], out: Path,
+                 notes: list[str]) -> list[str]:
+    """The LUD statistics per epoch (kept fractions, temperature, rank correlations)."""
+    md = ["## LUD internals", ""]
     if _plot_lud(groups, colors, out / "lud_stats.png"):
-        md += [_TEXT["lud"], "", "![LUD statistics](lud_stats.png)", ""]
-    else:
-        md += ["_No LUD run here: skipped._", ""]
-        notes.append("No LUD run: the LUD statistics plot is skipped.")
+        return md + [_TEXT["lud"], "", "![LUD statistics](lud_stats.png)", ""]
+    notes.append("No LUD run: the LUD statistics plot is skipped.")
+    return md + ["_No LUD run here: skipped._", ""]
 
-    md += ["## Gradient norm of each loss term", ""]
+
+def _grad_norms_section(groups: list[RunGroup], out: Path) -> list[str]:
+    """Each loss term's gradient norm per epoch (runs trained with ``grad_norms_every``)."""
+    md = ["## Gradient norm of each loss term", ""]
     if _plot_grad_norms(groups, out / "grad_norms.png"):
-        md += [_TEXT["grad_norms"], "", "![gradient norm per loss term](grad_norms.png)", ""]
-    else:
-        md += ["_No run logged gradient norms (runtime.grad_norms_every = 0): skipped._", ""]
+        return md + [_TEXT["grad_norms"], "", "![gradient norm per loss term](grad_norms.png)", ""]
+    return md + ["_No run logged gradient norms (runtime.grad_norms_every = 0): skipped._", ""]
 
-    teacher_eval: ModelEval | None = None
+
+def _evaluate_teacher(
+    kind: str,
+    root: Path,
+    out: Path,
+    teacher_cfg: Config | None,
+    evaluate: bool,
+    device: str | None,
+    say: Callable[[str], None],
+    notes: list[str],
+) -> ModelEval | None:
+    """The teacher's test-set evaluation (cached in ``teacher_eval.json``), or
+    ``None`` when there is no teacher or it cannot be evaluated (a note says why)."""
+    from .calibration import evaluate_teacher
+
     if teacher_cfg is None:
         notes.append(
             "No teacher in the configuration: the teacher is left out of the reliability diagram."
         )
-    else:
-        cache = (root / "teacher_eval.json") if kind == "bench" else (out / "teacher_eval.json")
-        if evaluate or cache.is_file():
-            try:
-                say(f"evaluating teacher {teacher_cfg.teacher.checkpoint}")
-                teacher_eval = evaluate_teacher(teacher_cfg, device=device, cache_path=cache)
-            except (ValueError, FileNotFoundError) as exc:
-                notes.append(f"Teacher not evaluated: {exc}.")
-    # With both methods and ablation variants, the comparison plots show the methods only; a
-    # run folder that trained the teacher itself is drawn once, as "teacher".
+        return None
+    cache = (root / "teacher_eval.json") if kind == "bench" else (out / "teacher_eval.json")
+    if not (evaluate or cache.is_file()):
+        return None
+    try:
+        say(f"evaluating teacher {teacher_cfg.teacher.checkpoint}")
+        return evaluate_teacher(teacher_cfg, device=device, cache_path=cache)
+    except (ValueError, FileNotFoundError) as exc:
+        notes.append(f"Teacher not evaluated: {exc}.")
+        return None
+
+
+def _comparison_groups(groups: list[RunGroup], teacher_cfg: Config | None,
+                       notes: list[str]) -> list[RunGroup]:
+    """The groups the reliability and per-class plots compare.
+
+    With both methods and ablation variants, the methods only; a run folder that trained the
+    teacher itself is drawn once, as "teacher".
+    """
     teacher_file = None if teacher_cfg is None else Path(str(teacher_cfg.teacher.checkpoint))
     groups_cmp = [
         g for g in groups if not any(_same_file(r / "best.pt", teacher_file) for r in g.runs)
     ]
     focus = [g for g in groups_cmp if g.group != "ablation"]
     if len(focus) < 2 or len(focus) == len(groups_cmp):
-        focus = groups_cmp
-    else:
-        notes.append(
-            "Ablation variants are left out of the reliability and per-class plots "
-            "(their numbers are in the tables)."
-        )
+        return groups_cmp
+    notes.append(
+        "Ablation variants are left out of the reliability and per-class plots "
+        "(their numbers are in the tables)."
+    )
+    return focus
+
+
+def _calibration_section(teacher_eval: ModelEval | None, focus: list[RunGroup], colors: dict[str, Any],
+                         out: Path, notes: list[str]) -> list[str]:
+    """The reliability diagram and the top-1/ECE/NLL table of the teacher and each method."""
     models = [("teacher", teacher_eval)] if teacher_eval is not None else []
     models += [(_name(g), g.evals) for g in focus if g.evals]
-    md += ["## Calibration", ""]
-    if models:
-        bins = [(name, _pool(ev if isinstance(ev, list) else [ev])[0]) for name, ev in models]
-        _plot_reliability(bins, colors, out / "reliability.png")
-        md += [_TEXT["reliability"], "", "![reliability diagram](reliability.png)", ""]
-        md += ["| model | test top-1 | ECE | NLL | runs |", "|---|---|---|---|---|"]
-        for name, ev in models:
-            evs = ev if isinstance(ev, list) else [ev]
-            md.append(
-                f"| {name} | {np.mean([e.top1 for e in evs]):.2f} | "
-                f"{np.mean([e.ece for e in evs]):.4f} | {np.mean([e.nll for e in evs]):.4f} | "
-                f"{len(evs)} |"
-            )
-        md += ["", "(top-1, ECE and NLL: means over the runs' best checkpoints.)", ""]
-    else:
-        md += ["_No evaluated checkpoint: skipped._", ""]
+    md = ["## Calibration", ""]
+    if not models:
         notes.append("No best checkpoint was evaluated: the reliability diagram is skipped.")
+        return md + ["_No evaluated checkpoint: skipped._", ""]
+    bins = [(name, _pool(ev if isinstance(ev, list) else [ev])[0]) for name, ev in models]
+    _plot_reliability(bins, colors, out / "reliability.png")
+    md += [_TEXT["reliability"], "", "![reliability diagram](reliability.png)", ""]
+    md += ["| model | test top-1 | ECE | NLL | runs |", "|---|---|---|---|---|"]
+    for name, ev in models:
+        evs = ev if isinstance(ev, list) else [ev]
+        md.append(
+            f"| {name} | {np.mean([e.top1 for e in evs]):.2f} | "
+            f"{np.mean([e.ece for e in evs]):.4f} | {np.mean([e.nll for e in evs]):.4f} | "
+            f"{len(evs)} |"
+        )
+    return md + ["", "(top-1, ECE and NLL: means over the runs' best checkpoints.)", ""]
 
-    md += ["## Per-class accuracy gain over the student alone", ""]
+
+def _class_gain_section(focus: list[RunGroup], colors: dict[str, Any], out: Path,
+                        notes: list[str]) -> list[str]:
+    """Per-class test accuracy of each distilled method minus the student alone's."""
+    md = ["## Per-class accuracy gain over the student alone", ""]
     base = next((g for g in focus if g.baseline and g.evals), None)
     others = [g for g in focus if not g.baseline and g.evals and g.loss != "ce"]
     if base is None or not others:
         why = "no student-alone run" if base is None else "no distilled run"
-        md += [f"_Skipped: {why} with an evaluated best checkpoint._", ""]
         notes.append(f"Per-class gain skipped: {why}.")
-    else:
-        _, bc, bt = _pool(base.evals)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            base_acc = 100.0 * bc / bt
-            gains = [
-                (_name(g), 100.0 * _pool(g.evals)[1] / _pool(g.evals)[2] - base_acc) for g in others
-            ]
-        names = base.evals[0].class_names or [str(i) for i in range(len(bc))]
-        _plot_class_gain(gains, names, colors, out / "class_gain.png")
-        md += [_TEXT["gain"], "", "![per-class gain](class_gain.png)", ""]
-
-    if notes:
-        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    page = out / "report.md"
-    page.write_text("\n".join(md))
-    return page
+        return md + [f"_Skipped: {why} with an evaluated best checkpoint._", ""]
+    _, bc, bt = _pool(base.evals)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        base_acc = 100.0 * bc / bt
+        gains = [
+            (_name(g), 100.0 * _pool(g.evals)[1] / _pool(g.evals)[2] - base_acc) for g in others
+        ]
+    names = base.evals[0].class_names or [str(i) for i in range(len(bc))]
+    _plot_class_gain(gains, names, colors, out / "class_gain.png")
+    return md + [_TEXT["gain"], "", "![per-class gain](class_gain.png)", ""]

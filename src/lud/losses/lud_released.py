@@ -124,13 +124,14 @@ def released_sample_temperatures(
     """Per-sample ``τ_b`` (B,), detached: most similar sample → ``low``, least → ``high``.
 
     All samples equally similar (a batch of one, identical rows): the midpoint, where the
-    release divides 0 by 0.
+    release divides 0 by 0. So is a span of cosines below the smallest normal float (one-hot
+    softmax rows at large logit scales), where the slope would overflow to inf and give NaN.
     """
     with torch.no_grad():
         c = abs_cosine_rows(F.softmax(student_logits, dim=1), F.softmax(teacher_logits, dim=1))
         c_min, c_max = c.min(), c.max()
         span = c_min - c_max
-        flat = span == 0
+        flat = span.abs() < torch.finfo(span.dtype).tiny
         slope = (high - low) / torch.where(flat, torch.ones_like(span), span)
         tau = slope * (c - c_max) + low
         return torch.where(flat, torch.full_like(tau, 0.5 * (low + high)), tau)

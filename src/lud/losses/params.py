@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
-__all__ = ["check_bool", "check_choice", "check_number", "non_negative_param", "positive_param"]
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_number",
+    "non_negative_param",
+    "positive_param",
+    "suggest",
+]
+
+
+def suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
+    """A ' Did you mean ...?' hint plus the full list of valid names."""
+    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"{hint} Valid: {', '.join(sorted(valid))}."
 
 
 def positive_param(name: str, value: float) -> float:
@@ -46,8 +61,6 @@ def check_number(name: str, value: object, *, low: float, high: float = math.inf
 def check_choice(name: str, value: object, valid: tuple[str, ...]) -> None:
     """``ValueError`` listing the valid names unless ``value`` is one of them."""
     if not isinstance(value, str) or value not in valid:
-        from .registry import suggest  # registry imports base, which imports this module
-
         raise ValueError(f"{name} must be one of {valid}, got {value!r}.{suggest(str(value), valid)}")
 
 

@@ -11,7 +11,6 @@ A user's own loss is named by import path, ``"my_pkg.my_mod:MyLoss"``: :func:`bu
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .base import DistillationLoss
+from .params import suggest  # re-exported: lud.losses.registry.suggest is public
 
 __all__ = [
     "FAMILIES",
@@ -75,13 +75,6 @@ class LossEntry:
 
 _LOSSES: dict[str, LossEntry] = {}
 L = TypeVar("L", bound=type[DistillationLoss])
-
-
-def suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
-    """A ' Did you mean ...?' hint plus the full list of valid names."""
-    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"{hint} Valid: {', '.join(sorted(valid))}."
 
 
 def _check_meta(name: str, family: str, inputs: tuple[str, ...], bench: bool = False) -> None:

@@ -109,6 +109,7 @@ def test_help_version_and_unknown_command(capsys: pytest.CaptureFixture[str]) ->
     assert code == 2 and "usage" in err
 
 
+@pytest.mark.slow
 def test_python_m_lud_entry_point(tmp_path: Path) -> None:
     res = subprocess.run(
         [PY, "-m", "lud", "--version"], capture_output=True, text=True, timeout=60, check=False

@@ -43,6 +43,7 @@ def _faults(mode: str) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings, Linux only")
 def test_keep_freed_memory_removes_the_page_faults_of_reallocation() -> None:
     applied, kept = _faults("keep")

@@ -33,7 +33,8 @@ from lud.engine.runlog import read_metrics
 from lud.experiments import bench
 
 torch.set_num_threads(1)
-TESTS = Path(__file__).parent
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+TESTS = ROOT / "tests"
 STEPS = 3  # 128 training images less a 25 % val split, batches of 32
 
 
@@ -629,7 +630,7 @@ def test_every_documented_flag_is_exercised_by_a_test() -> None:
     every flag test calls ``main([... "--flag" ...])`` or runs ``python -m lud ... --flag``.)
     """
     sources = "\n".join(
-        p.read_text() for p in TESTS.glob("test_*.py") if p.name != Path(__file__).name
+        p.read_text() for p in TESTS.rglob("test_*.py") if p.name != Path(__file__).name
     )
     sources += Path(__file__).read_text().split("def _parsers")[0]
     missing = []

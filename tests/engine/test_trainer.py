@@ -495,10 +495,11 @@ def test_runtime_variants_run(
     assert summary["completed"] and summary["best"]["epoch"] in (2, 3)
 
 
+@pytest.mark.slow
 def test_compiled_loss_keeps_one_graph_across_epochs(env: dict[str, Path]) -> None:
     """runtime.compile_loss: DKD's warm-up changes at every step; the epoch reaches the compiled
-    loss as a tensor, so one graph serves all 30 steps (the first step, whose input checks read
-    values back, runs eagerly) and training gives what eager training gives."""
+    loss as a tensor, so one graph serves all 30 steps and training gives what eager training
+    gives."""
     from torch._dynamo.utils import counters
 
     opts: dict[str, Any] = {
@@ -523,6 +524,87 @@ def test_compiled_loss_keeps_one_graph_across_epochs(env: dict[str, Path]) -> No
     assert set(a["loss"]) == set(b["loss"])  # the checkpoint holds the module, not the wrapper
     for key in a["model"]:  # 30 SGD steps amplify the fused kernels' last-bit differences
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-2)
+
+
+def _nan_teacher_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """The live teacher's logits are NaN at the ``step``-th training batch (1-based: batches
+    of 32 images; the build's shape probe and the teacher's evaluation, on 2 and 64 images, are
+    not counted)."""
+    real = build_mod.build_teacher
+    seen: list[int] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> Any:
+        if args[0].shape[0] != 32:
+            return None
+        seen.append(1)
+        return out * float("nan") if len(seen) == step else None
+
+    def build(*a: Any, **kw: Any) -> nn.Module:
+        teacher = real(*a, **kw)
+        teacher.register_forward_hook(hook)
+        return teacher
+
+    monkeypatch.setattr(build_mod, "build_teacher", build)
+
+
+def test_compiled_loss_runs_under_skip_mode_and_the_engine_checks_the_first_step(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """runtime.compile_loss with runtime.nonfinite=skip: every step calls the compiled loss (it
+    used to fall back to the eager loss and its syncing input checks on every step), with the
+    loss's own checks off; the engine checks the first step's inputs once (a NaN teacher at
+    step 1 is a clear error), and a NaN at a later step is skipped."""
+    from torch._dynamo.utils import counters
+
+    import lud.engine.step as step_mod
+
+    calls: list[bool] = []
+    real_compile = torch.compile
+
+    def counting_compile(module: Any, *a: Any, **kw: Any) -> Any:
+        compiled = real_compile(module, *a, **kw)
+        if not isinstance(module, DistillationLoss):
+            return compiled
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(module.validate)
+            return compiled(*args, **kwargs)
+
+        return call
+
+    checks: list[int] = []
+    real_validate = step_mod.validate_logits
+
+    def counting_validate(*a: Any, **kw: Any) -> None:
+        checks.append(1)
+        real_validate(*a, **kw)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    monkeypatch.setattr(step_mod, "validate_logits", counting_validate)
+    runtime = {"compile_loss": True, "nonfinite": "skip", "max_steps_per_epoch": 3}
+    _nan_teacher_at(monkeypatch, 1)
+    with pytest.raises(ValueError, match="epoch 1, step 1: teacher_logits contain NaN or Inf"):
+        train(student_cfg(env, "skip_compiled_bad", "dkd", runtime=runtime))
+    assert calls == [] and checks == [1]
+
+    monkeypatch.undo()  # a fresh teacher hook: NaN at step 2 this time
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    monkeypatch.setattr(step_mod, "validate_logits", counting_validate)
+    _nan_teacher_at(monkeypatch, 2)
+    calls.clear()
+    checks.clear()
+    torch._dynamo.reset()
+    counters.clear()
+    with caplog.at_level("WARNING", logger="lud"):
+        summary = train(student_cfg(env, "skip_compiled", "dkd", runtime=runtime))
+    assert summary["completed"]
+    assert calls == [False] * 6  # 2 epochs x 3 steps, all through the compiled loss
+    assert checks == [1]  # the first step only
+    assert counters["stats"]["unique_graphs"] == 1
+    warned = [r.getMessage() for r in caplog.records if "step skipped" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("epoch 1, step 2/3: the loss is NaN/Inf")
+    rows = read_metrics(env["root"] / "runs" / "skip_compiled" / "metrics.jsonl")
+    assert [r["train/skipped_steps"] for r in rows] == [1, 0]
 
 
 def test_fp16_on_cpu_warns_and_runs(env: dict[str, Path], tmp_path: Path) -> None:

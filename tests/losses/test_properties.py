@@ -225,6 +225,9 @@ def _row_shift(case: Case, g: torch.Generator, x: torch.Tensor) -> torch.Tensor:
 @example(case=Case(5, 10, 1000.0, "normal", "normal", 0), dtype="float32")
 # DIST at logit scale 1e-4 has a true gradient of ~1e5, beyond float16's range (see below).
 @example(case=Case(3, 3, 1e-4, "ties", "ties", 424151), dtype="float16")
+# Regression: lud-released on one-hot rows; its per-sample temperature divided by a subnormal span
+# of cosines (4.6e-43): an inf slope, then inf/NaN temperatures.
+@example(case=Case(9, 25, 365.1741272548377, "normal", "normal", 8227), dtype="float32")
 def test_finite_loss_and_gradients(cfg: tuple[str, dict[str, Any]], case: Case, dtype: str) -> None:
     """Any shape, scale, dtype, ties or constant rows: finite terms, total = sum of terms, and
     finite gradients on the student logits in the student's own dtype.

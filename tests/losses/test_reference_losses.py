@@ -20,7 +20,8 @@ from lud.losses.rld import rld_terms
 from lud.losses.standardize import standardize_logits
 from lud.losses.wttm import wttm_divergence
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+FIXTURES = ROOT / "tests" / "fixtures"
 REL = 1e-5  # float32 values computed by two different but equivalent formulas
 ABS = 1e-6
 

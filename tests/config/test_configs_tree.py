@@ -11,7 +11,7 @@ import pytest
 from lud.config import _read_yaml, load_config, validate_config
 from lud.losses import build_loss, loss_entries
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 CONFIGS_DIR = ROOT / "src" / "lud" / "configs"
 FILES = sorted(CONFIGS_DIR.rglob("*.yaml"))  # the configs and the base files they inherit
 CONFIGS = [p for p in FILES if not any(part.startswith("_") for part in p.relative_to(CONFIGS_DIR).parts)]

@@ -123,6 +123,7 @@ def test_chunked_equals_unchunked_values_and_gradients() -> None:
         torch.testing.assert_close(grad, results[0][1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pairwise_memory_1000x1000_under_512mb() -> None:
     # torch allocations are invisible to tracemalloc: measure the process's peak RSS instead,
     # in a fresh interpreter so that other tests' allocations do not count.

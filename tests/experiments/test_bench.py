@@ -607,6 +607,7 @@ def test_diverged_run_is_skipped(
     assert math.isfinite(result.teacher["test_top1"])
 
 
+@pytest.mark.slow
 def test_two_jobs_train_the_same_runs(benched: Path, project: dict[str, Path]) -> None:
     """`--jobs 2` trains each run in a worker process; the runs match the in-process ones."""
     out = project["root"] / "bench-jobs2"

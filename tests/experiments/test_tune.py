@@ -24,6 +24,7 @@ from lud.experiments.scheduler import RunTask, execute_runs
 from lud.experiments.tune import collect_trials, load_grid, run_tune
 
 torch.set_num_threads(1)
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 
 GRID = {"kd": [{}, {"temperature": 1.0, "ce_weight": 1.0, "kd_weight": 0.0}], "dist": {"tau": [1.0, 4.0]}}
 
@@ -88,7 +89,7 @@ def test_load_grid_forms_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot parse"):
         load_grid(bad)
     # the shipped Fashion-MNIST grid is even and every trial builds
-    shipped = load_grid(Path(__file__).parents[1] / "benchmarks" / "fashion_mnist" / "grid.yaml")
+    shipped = load_grid(ROOT / "benchmarks" / "fashion_mnist" / "grid.yaml")
     assert len({len(t) for t in shipped.values()}) == 1 and "lud-paper" in shipped
 
 
@@ -185,6 +186,7 @@ def test_tuning_needs_a_validation_split(project: dict[str, Path], tmp_path: Pat
 
 
 # ----------------------------------------------------------------------------- scheduler
+@pytest.mark.slow
 def test_two_jobs_match_one(tuned: Path, project: dict[str, Path]) -> None:
     """Worker processes train the same runs as the in-process path, to the bit."""
     grid = project["root"] / "grid_kd.yaml"
@@ -233,7 +235,7 @@ def test_scheduler_divergence_errors_and_order(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "grid",
-    sorted((Path(__file__).parents[1] / "benchmarks").glob("*/grid*.yaml")),
+    sorted((ROOT / "benchmarks").glob("*/grid*.yaml")),
     ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_every_shipped_grid_is_even_and_builds(grid: Path) -> None:

@@ -787,6 +787,7 @@ def _compile_inputs(b=16, c=12, seed=40):
     return t + torch.randn(b, c, generator=g), t, torch.randint(0, c, (b,), generator=g)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["linear", "pairwise"])
 def test_lud_traces_without_graph_breaks(backend):
     """One graph for the whole loss (validate=False: validation reads values back by design)."""
@@ -799,6 +800,7 @@ def test_lud_traces_without_graph_breaks(backend):
     assert explained.graph_count == 1
 
 
+@pytest.mark.slow
 def test_lud_fullgraph_compile_matches_eager_values_and_gradients():
     """fullgraph=True forward+backward, custom autograd Functions included; the aot_eager
     backend traces the graphs Inductor would get, without its C++ build (~1.5 min on this CPU)."""

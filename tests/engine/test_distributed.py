@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.slow  # torchrun: two processes per run
 HERE = Path(__file__).resolve()
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 B, C, F = 8, 6, 5  # per-rank batch, classes, features of the loss-level gather test

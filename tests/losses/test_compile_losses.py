@@ -37,6 +37,7 @@ def _inputs(b: int = 16, c: int = 10, seed: int = 5):
         ("lud", {"rank_warmup": 2.0}),  # rank_backend auto: the pure-PyTorch one under compile
     ],
 )
+@pytest.mark.slow
 def test_tensor_epoch_compiles_once_and_matches_eager(name: str, params: dict) -> None:
     s0, t, y = _inputs()
     loss = build_loss(name, validate=False, **params)
@@ -59,6 +60,7 @@ def test_tensor_epoch_compiles_once_and_matches_eager(name: str, params: dict) -
     assert counters["stats"]["unique_graphs"] == 1
 
 
+@pytest.mark.slow
 def test_float_epoch_is_what_recompiles() -> None:
     """The counterfactual the tensor epoch avoids: each new float epoch is a new graph."""
     s, t, y = _inputs()

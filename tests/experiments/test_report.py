@@ -196,6 +196,7 @@ def test_class_gain_heatmap_for_many_classes(tmp_path: Path) -> None:
     assert img.shape[1] > 2 * img.shape[0]  # wide: one column per class
 
 
+@pytest.mark.slow
 def test_gradient_norm_plots_for_bench_and_run(bench_dir: Path, tmp_path: Path) -> None:
     """runtime.grad_norms_every on: the page draws each term's norm per method (bench folder)
     and per run (run folder); without it the section says it was skipped."""

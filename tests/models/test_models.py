@@ -32,7 +32,8 @@ from lud.models import (
     resolve_model_name,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+FIXTURES = ROOT / "tests" / "fixtures"
 SHAPES = json.loads((FIXTURES / "models_cifar_state_dicts.json").read_text())["models"]
 LOGITS = json.loads((FIXTURES / "models_cifar_reference_logits.json").read_text())["logits"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from lud.losses import available_losses
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 GOLDEN = json.loads((ROOT / "tests" / "fixtures" / "golden_losses.json").read_text())
 _spec = importlib.util.spec_from_file_location("make_golden", ROOT / "scripts" / "make_golden.py")
 make_golden = importlib.util.module_from_spec(_spec)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("mlxtend")
+pytestmark = pytest.mark.slow  # the demo's four runs, end to end
 
 from lud.cli import main  # noqa: E402
 

@@ -34,6 +34,7 @@ from lud.engine.runlog import read_metrics
 from lud.experiments import bench
 
 torch.set_num_threads(1)  # the same thread count as the killed processes: bitwise-equal runs
+pytestmark = pytest.mark.slow  # real `lud` processes, killed and resumed
 SEED = int(os.environ.get("LUD_FAULT_SEED", "0"))
 STEPS = 4  # training steps per epoch: 144 training images (192 less a 25 % val split) / 32
 EVAL_BATCHES = 4  # per epoch: val (48 images) and test (64 images) in batches of 32

@@ -75,6 +75,7 @@ def test_two_view_run_finishes_and_logs_strong_terms(root: Path, loss: str) -> N
     assert all(math.isfinite(v) for v in numbers)
 
 
+@pytest.mark.slow
 def test_two_view_resume_is_exact(root: Path) -> None:
     """Interrupted after epoch 1 and resumed = uninterrupted, bit for bit (the strong view's
     RandAugment draws come from the epoch generator, like the crop/flip)."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lud.integrations.distributed import average_gradients
+
+pytestmark = pytest.mark.slow  # spawns two gloo processes
 
 
 def _worker(rank: int, init_file: str, out: str) -> None:
