@@ -11,7 +11,7 @@ import pytest
 import lud
 from lud.losses import DistillationLoss, build_loss, loss_entries, loss_entry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 FIXTURE = ROOT / "tests" / "fixtures" / "loss_defaults.json"
 NAMES = [e.name for e in loss_entries()]
 
