@@ -1,6 +1,6 @@
 """Write tests/fixtures/loss_defaults.json: every registered loss's resolved default parameters.
 
-tests/test_loss_params.py compares the registry with this file, so no default changes silently.
+tests/losses/test_loss_params.py compares the registry with this file, so no default changes silently.
 Changing a default is a release decision: bump ``lud.__version__`` (src/lud/__init__.py), say what
 changed in CHANGELOG.md, then run ``python scripts/pin_loss_defaults.py``. The script refuses to
 record changed defaults under the version already recorded, unless ``--same-version`` says that the

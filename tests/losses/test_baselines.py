@@ -19,7 +19,7 @@ from lud.losses.dkd import dkd_terms
 from lud.losses.kd import kd_divergence
 from lud.losses.mlkd import mlkd_confidence_masks
 
-# every registered loss but LUD and its presets (tests/test_lud_loss.py), from the registry
+# every registered loss but LUD and its presets (tests/losses/test_lud_loss.py), from the registry
 BASELINES = [e.name for e in loss_entries() if not issubclass(e.cls, loss_class("lud"))]
 TEMPS = (4.0, 3.0, 5.0, 2.0, 6.0)
 

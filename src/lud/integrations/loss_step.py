@@ -19,7 +19,7 @@ labels, and returns the scalar to back-propagate with the loss's output:
 Losses with batch-level terms (LUD's category/sample Gram terms, its masks and thresholds, DIST,
 MLKD) are computed on each micro-batch's rows alone, so accumulation is *not* the large batch for
 them: the rule above makes the accumulated loss the token-weighted mean of the micro-batch losses,
-``Σ_i (N_i / N) · L(batch_i)`` (tests/test_token_normalisation.py checks both statements).
+``Σ_i (N_i / N) · L(batch_i)`` (tests/integrations/test_token_normalisation.py checks both statements).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Registered as ``fkl``. Defaults: ``T = 1`` and ``0.5 · CE + 0.5 · KL``, the mi
 knowledge-distillation recipes (``kd_ratio: 0.5``, ``(1 − kd_ratio) · CE + kd_ratio · KD``);
 ``ce_weight=0`` is the pure KL of TRL's GKD at ``β = 0`` and of ModelOpt.
 
-Conventions of the anchors, matched (tests/test_token_divergences.py): a sum over the vocabulary,
+Conventions of the anchors, matched (tests/losses/test_token_divergences.py): a sum over the vocabulary,
 a mean over the tokens whose label is not the ignore index. torchtune's ``ForwardKLLoss`` and
 DistiLLM's ``forward_kl`` compute the cross-entropy ``−Σ p_T log p_S``, which is this KL plus the
 teacher's entropy: same gradient, values offset by a constant of the teacher. Here the KL itself

@@ -9,7 +9,7 @@ Registered as ``gjsd``. At TRL's convention, with ``M = β · p_T + (1 − β) �
 this loss, so that ``β = 0`` / ``β = 1`` equal ``fkl`` / ``rkl`` bit for bit.) Defaults: ``β = 0.5``,
 ``T = 1``, pure divergence (``ce_weight = 0``), as TRL's ``GKDConfig``. Matched conventions: sum
 over the vocabulary, mean over the valid tokens, logits divided by ``T`` and no ``T^2`` factor;
-the values equal ``GKDTrainer.generalized_jsd_loss`` (tests/test_token_divergences.py).
+the values equal ``GKDTrainer.generalized_jsd_loss`` (tests/losses/test_token_divergences.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Registered as ``rkl``. Defaults: ``T = 1`` and ``0.5 · CE + 0.5 · KL``, torchtune's recipe mix
 (``kd_ratio: 0.5``) with its ``ReverseKLLoss``; ``ce_weight=0`` is the pure reverse KL (TRL's GKD
 at ``β = 1``, DistiLLM's ``reverse_kl``). Matched conventions: sum over the vocabulary, mean over
-the valid tokens; the values equal torchtune's and DistiLLM's (tests/test_token_divergences.py).
+the valid tokens; the values equal torchtune's and DistiLLM's (tests/losses/test_token_divergences.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Registered as ``skl`` and ``srkl``::
 valid tokens; the mixture's log by ``logsumexp`` rather than DistiLLM's ``log`` of a sum.
 DistiLLM's ``skewed_forward_kl`` is the cross-entropy ``−Σ p_T log M``: the ``skl`` value plus the
 teacher's entropy, with the same gradient; ``srkl`` equals ``skewed_reverse_kl``
-(tests/test_token_divergences.py).
+(tests/losses/test_token_divergences.py).
 """
 
 from __future__ import annotations

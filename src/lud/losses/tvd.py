@@ -2,7 +2,7 @@
 
 Registered as ``tvd``. Defaults: ``T = 1`` and the pure distance (``ce_weight = 0``), as
 DistiLLM's ``tv_distance`` with ``--kd-ratio 1.0``. Matched conventions: sum over the vocabulary,
-mean over the valid tokens; equals ``tv_distance`` (tests/test_token_divergences.py). Bounded in
+mean over the valid tokens; equals ``tv_distance`` (tests/losses/test_token_divergences.py). Bounded in
 [0, 1]; its gradient does not vanish as the student approaches the teacher the way KL's does.
 """
 
