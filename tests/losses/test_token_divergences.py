@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from lud.losses import build_loss, loss_entries, token_divergence
 from lud.losses.token_divergence import shared_vocabulary
 
-FIXTURE = json.loads(((next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())) / "tests" / "fixtures" / "token_divergences.json").read_text())
+_ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+
+FIXTURE = json.loads((_ROOT / "tests" / "fixtures" / "token_divergences.json").read_text())
 STUDENT = torch.tensor(FIXTURE["inputs"]["student"])
 TEACHER = torch.tensor(FIXTURE["inputs"]["teacher"])
 LABELS = torch.tensor(FIXTURE["inputs"]["labels"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ import torch
 from lud.losses import TopKTeacher, build_loss, loss_entries, topk_forward_kl
 from lud.losses.kd import kl_per_sample
 from lud.losses.topk import TAILS, topk_reverse_kl
+
+_ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 
 N, V = 6, 13
 
@@ -211,10 +215,8 @@ def test_matches_distillkit_sparse_kl() -> None:
     """bucket = DistillKit's SYMMETRIC_UNIFORM, zero = its ZERO: per-token values of its
     ``sparse_kl_div`` on fixed inputs (tests/fixtures/distillkit_sparse_kl_reference.json, computed
     with DistillKit's own function outside the repository; see the file's ``source``)."""
-    import json
-    from pathlib import Path
 
-    ref = json.loads(((next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())) / "tests" / "fixtures" / "distillkit_sparse_kl_reference.json").read_text())
+    ref = json.loads((_ROOT / "tests" / "fixtures" / "distillkit_sparse_kl_reference.json").read_text())
     s = torch.tensor(ref["student_logits"])
     for prefix, temperature in (("", 1.0), ("t2_", 2.0)):
         for ours, theirs in (("zero", "zero"), ("bucket", "symmetric_uniform")):
