@@ -393,9 +393,7 @@ class DistillationLoss(nn.Module):
         name = getattr(type(self), "registry_name", type(self).__name__)
         implemented = type(self).compute_topk is not DistillationLoss.compute_topk
         if "registry_name" in type(self).__dict__:
-            from .registry import loss_entries
-
-            inputs = next((e.inputs for e in loss_entries() if e.cls is type(self) and e.name == name), ())
+            inputs = type(self).__dict__.get("registry_inputs", ())  # set by register_loss
             if "topk" not in inputs:
                 raise ValueError(
                     f"loss '{name}' does not take a top-k teacher (its registry inputs are "

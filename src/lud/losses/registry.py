@@ -116,7 +116,8 @@ def register_loss(
 ) -> Callable[[L], L]:
     """Class decorator that makes a loss buildable by name, with its metadata (:class:`LossEntry`).
 
-    The class gets ``registry_name = name``.
+    The class gets ``registry_name = name`` and ``registry_inputs = inputs`` (which the base class
+    reads without importing the registry).
     """
     _check_meta(name, family, inputs, bench)
 
@@ -124,6 +125,7 @@ def register_loss(
         _check_class(name, cls)
         _add(LossEntry(name, cls, {}, family, bench, tuple(inputs), summary or _first_line(cls)))
         cls.registry_name = name  # type: ignore[attr-defined]
+        cls.registry_inputs = tuple(inputs)  # type: ignore[attr-defined]  (read by the base class)
         return cls
 
     return wrap
