@@ -56,14 +56,20 @@ def check_fused_student(model: nn.Module, loss: DistillationLoss) -> tuple[nn.Mo
     return base, head
 
 
-def _hidden(outputs: Any) -> Tensor:
-    if isinstance(outputs, dict) or hasattr(outputs, "last_hidden_state"):
-        h = outputs["last_hidden_state"] if isinstance(outputs, dict) else outputs.last_hidden_state
+def output_tensor(outputs: Any, key: str, missing: str) -> Tensor:
+    """``outputs[key]`` of a model's output (a dict, a ``ModelOutput`` or a tuple: its first item);
+    ``ValueError`` starting with ``missing`` when that is not a tensor."""
+    if isinstance(outputs, dict) or hasattr(outputs, key):
+        x = outputs[key] if isinstance(outputs, dict) else getattr(outputs, key)
     else:
-        h = outputs[0]
-    if not isinstance(h, Tensor):
-        raise ValueError(f"the student's base model returned no hidden states ({type(h).__name__})")
-    return h
+        x = outputs[0]
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{missing} (got {type(x).__name__})")
+    return x
+
+
+def _hidden(outputs: Any) -> Tensor:
+    return output_tensor(outputs, "last_hidden_state", "the student's base model returned no hidden states")
 
 
 def fused_loss(

@@ -58,7 +58,7 @@ from transformers import Trainer, TrainerCallback
 from lud.losses import DistillationLoss, LossOutput
 
 from .distributed import average_gradients
-from .fused_head import check_fused_student, fused_loss
+from .fused_head import check_fused_student, fused_loss, output_tensor
 from .loss_step import distillation_loss_step, resolve_loss
 from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX
 from .topk_teacher import CACHE_KEYS, check_topk_options, online_topk, pop_cached_teacher
@@ -69,13 +69,7 @@ LOSS_STATE_FILE = "distillation_loss.pt"
 
 
 def _logits(outputs: Any) -> Tensor:
-    if isinstance(outputs, dict) or hasattr(outputs, "logits"):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-    else:
-        logits = outputs[0]
-    if not isinstance(logits, Tensor):
-        raise ValueError(f"the model returned no logits tensor (got {type(logits).__name__})")
-    return logits
+    return output_tensor(outputs, "logits", "the model returned no logits tensor")
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
