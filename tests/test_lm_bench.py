@@ -263,6 +263,7 @@ def test_cli_runs_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
                 "ce,kd,lud",
             ],
             env=env,
+            cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=600,
@@ -275,10 +276,13 @@ def test_cli_runs_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "img" / "screen_tiny_perplexity.png").exists()
     assert (tmp_path / "img" / "screen_tiny_lud_stats.png").exists()
     res = subprocess.run(
-        [sys.executable, "-m", "lud", "lm-bench", "screen", "--config", str(cfg), "--methods", "nope"],
+        [sys.executable, "-m", "lud", "lm-bench", "screen", "--config", str(cfg), "--methods", "nope",
+         "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r2")],
         env=env,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert res.returncode == 2 and "unknown method 'nope'" in res.stderr
+    assert not (tmp_path / "r2").exists()

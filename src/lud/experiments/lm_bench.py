@@ -481,11 +481,11 @@ def run_student_stage(
 ) -> list[dict[str, Any]]:
     """Train and evaluate every planned run of ``stage`` (skipping finished ones); write results."""
     s = _stage_settings(cfg, stage)
+    labels = methods if methods is not None else s.get("methods")
+    plan = _plan(cfg, stage, methods_of(cfg, labels), students, seeds)  # bad names: before any work
     data = stage_data(cfg, work, log)
     teacher = _load_teacher(cfg, work, data)
     split = "test" if stage == "test" else "validation"
-    labels = methods if methods is not None else s.get("methods")
-    plan = _plan(cfg, stage, methods_of(cfg, labels), students, seeds)
     ref = _teacher_reference(cfg, work, data, teacher, split, log)
     eval_wins = _eval_windows(cfg, data, split)
     curve_wins = windows(
