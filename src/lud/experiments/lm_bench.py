@@ -323,7 +323,19 @@ def _load_teacher(cfg: dict[str, Any], work: Path, data: TextData) -> torch.nn.M
     path = work / "teacher" / "teacher.pt"
     if not (work / "teacher" / "summary.json").exists() or not path.exists():
         raise ValueError(f"no trained teacher in {work / 'teacher'}: run 'lud lm-bench teacher' first")
-    model = _model(cfg, cfg["teacher"], data, 0)
+    t = cfg["teacher"]
+    saved = json.loads((work / "teacher" / "summary.json").read_text())
+    want = {
+        "arch": {k: t[k] for k in ("layers", "width", "heads")},
+        "train": {k: t[k] for k in ("steps", "batch_size", "lr")},
+    }
+    if {k: saved[k] for k in want} != want:
+        raise ValueError(
+            f"the teacher in {work / 'teacher'} was trained with {saved['arch']} {saved['train']}, "
+            f"the config asks {want['arch']} {want['train']}: use another --work-dir, or delete "
+            "the teacher folder and the student runs made with it"
+        )
+    model = _model(cfg, t, data, 0)
     model.load_state_dict(torch.load(path, weights_only=True))
     model.eval()
     for p in model.parameters():
@@ -485,6 +497,12 @@ def run_student_stage(
     plan = _plan(cfg, stage, methods_of(cfg, labels), students, seeds)  # bad names: before any work
     data = stage_data(cfg, work, log)
     teacher = _load_teacher(cfg, work, data)
+    t_summary = json.loads((work / "teacher" / "summary.json").read_text())
+    teacher_id = {
+        **t_summary["arch"],
+        **t_summary["train"],
+        "validation_perplexity": round(t_summary["validation"]["perplexity"], 4),
+    }
     split = "test" if stage == "test" else "validation"
     ref = _teacher_reference(cfg, work, data, teacher, split, log)
     eval_wins = _eval_windows(cfg, data, split)
@@ -507,6 +525,7 @@ def run_student_stage(
             "seed": seed,
             "split": split,
             "train": {k: s[k] for k in ("steps", "batch_size", "lr")},
+            "teacher": teacher_id,
         }
         _check_run_json(run, spec)
         summary_path = run / "summary.json"
@@ -606,7 +625,9 @@ def markdown_tables(rows: list[dict[str, Any]], teacher: dict[str, Any] | None =
         if teacher is not None:
             lines.append(
                 "| teacher | | | "
-                + " | ".join(f"{teacher[k]:.{d}f}" if k in teacher else "" for k, _, d in METRICS)
+                + " | ".join(
+                    f"{teacher[k]:.{d}f}" if k in teacher and k != "agreement" else "" for k, _, d in METRICS
+                )
                 + " | |"
             )
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -731,6 +752,9 @@ def run_stage(
     steps of this call, leaving it resumable (what a kill does; used by the tests)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # e.g. "pass an attention_mask": no padding here
     cfg = load_lm_config(config)
     work, results = Path(work_dir), Path(results_dir)
     if stage == "data":
