@@ -203,6 +203,10 @@ def test_stages_resume_after_a_kill_without_redoing_finished_runs(tmp_path: Path
     with pytest.raises(ValueError, match="other settings"):
         _run("screen", cfg, tmp_path, methods=["ce"])
     assert ce_summary.stat().st_mtime_ns == stamp
+    # a config whose teacher is not the one trained in the folder is refused too
+    cfg.write_text(text.replace("steps: 5", "steps: 4").replace("steps: 6", "steps: 7"))
+    with pytest.raises(ValueError, match="the teacher in .* was trained with"):
+        _run("screen", cfg, tmp_path, methods=["ce"])
 
 
 def test_unknown_method_and_stage_are_value_errors(tmp_path: Path) -> None:
