@@ -688,7 +688,11 @@ def plot_stage(results: Path, stage: str, img_dir: Path) -> list[Path]:
             xs = [c["step"] for c in r["curve"]]
             ys = [c["val_perplexity"] for c in r["curve"]]
             ax.plot(
-                xs, ys, marker="o", ms=3, label=f"{r['display']} {r.get('trial', '')} s{r['seed']}".strip()
+                xs,
+                ys,
+                marker="o",
+                ms=3,
+                label=" ".join(x for x in (r["display"], r.get("trial", ""), f"s{r['seed']}") if x),
             )
         ax.set_xlabel("step")
         ax.set_ylabel("validation perplexity (curve subset)")
@@ -700,7 +704,7 @@ def plot_stage(results: Path, stage: str, img_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-        lud_runs = [r for r in runs if any(k.startswith("stat/") for c in r["curve"] for k in c)]
+        lud_runs = [r for r in runs if r.get("loss", "").startswith("lud")]
         if lud_runs:
             keys = sorted(
                 {
@@ -713,8 +717,12 @@ def plot_stage(results: Path, stage: str, img_dir: Path) -> list[Path]:
                 }
             )
             if keys:
-                fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
-                for ax, k in zip(axes[0], keys, strict=True):
+                cols = min(4, len(keys))
+                nrows = -(-len(keys) // cols)
+                fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.8 * nrows), squeeze=False)
+                for ax in axes.flat[len(keys) :]:
+                    ax.axis("off")
+                for ax, k in zip(axes.flat, keys):
                     for r in lud_runs:
                         ax.plot(
                             [c["step"] for c in r["curve"] if k in c],
