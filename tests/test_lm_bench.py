@@ -280,8 +280,21 @@ def test_cli_runs_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "img" / "screen_tiny_perplexity.png").exists()
     assert (tmp_path / "img" / "screen_tiny_lud_stats.png").exists()
     res = subprocess.run(
-        [sys.executable, "-m", "lud", "lm-bench", "screen", "--config", str(cfg), "--methods", "nope",
-         "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r2")],
+        [
+            sys.executable,
+            "-m",
+            "lud",
+            "lm-bench",
+            "screen",
+            "--config",
+            str(cfg),
+            "--methods",
+            "nope",
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--results-dir",
+            str(tmp_path / "r2"),
+        ],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -290,3 +303,28 @@ def test_cli_runs_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     )
     assert res.returncode == 2 and "unknown method 'nope'" in res.stderr
     assert not (tmp_path / "r2").exists()
+
+
+def test_tune_trials_and_test_use_the_chosen_parameters(tmp_path: Path) -> None:
+    import yaml
+
+    cfg_path = _config(tmp_path, _corpus(tmp_path / "corpus"))
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"]["steps"] = 2
+    cfg["tune"] = {"candidates": {"fkl": [{"ce_weight": 0.5}, {"ce_weight": 0.0}]}}
+    cfg["test"] = {"params": {"fkl": {"ce_weight": 0.0}}}
+    cfg["stages"]["test"] = {"students": ["tiny"], "seeds": [0, 1]}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    _run("teacher", cfg_path, tmp_path)
+    rows = _run("tune", cfg_path, tmp_path, methods=["fkl"])
+    assert [(r["trial"], r["params"]) for r in rows] == [
+        ("trial0", {"ce_weight": 0.5}),
+        ("trial1", {"ce_weight": 0.0}),
+    ]
+    assert "fkl trial1" in (tmp_path / "results" / "tune.md").read_text()
+    rows = _run("test", cfg_path, tmp_path, methods=["fkl"])
+    assert [(r["split"], r["seed"], r["params"]) for r in rows] == [
+        ("test", 0, {"ce_weight": 0.0}),
+        ("test", 1, {"ce_weight": 0.0}),
+    ]
+    assert " ± " in (tmp_path / "results" / "test.md").read_text()  # mean ± std over the 2 seeds
