@@ -239,6 +239,13 @@ def test_packaged_config_names_registered_losses() -> None:
     assert {m.label for m in methods if m.image_defaults} == {"kd", "dist"}
     for stage in ("screen", "tune", "test"):
         lm_bench._plan(cfg, stage, methods, None, None)  # every stage plans
+    from lud.losses import build_loss
+
+    trials = lm_bench._plan(cfg, "tune", methods, None, None)
+    for _student, m, _seed, _trial in trials:
+        build_loss(m.loss, **m.params)  # every tuning candidate names real parameters
+    per_method = {m.label: sum(1 for t in trials if t[1].label == m.label) for m in methods}
+    assert {n for label, n in per_method.items() if label != "ce"} == {3}  # the same budget each
 
 
 @pytest.mark.slow
