@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[vision,tensorboard,dev,hf,trl]' $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[vision,tensorboard,dev,hf,trl,lm]' $(TORCH_PINS)
 	touch $@
 
 setup: $(VENV)/.installed

@@ -89,6 +89,7 @@ FOLDERS: dict[str, str] = {
     "test_integrations_trl.py": "integrations",
     "test_padded_vocab.py": "integrations",
     "test_token_normalisation.py": "integrations",
+    "test_lm_bench.py": "experiments",
     # lud.cli
     "test_cli.py": "cli",
     "test_demo.py": "cli",

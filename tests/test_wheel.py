@@ -24,6 +24,8 @@ import pytest
 pytestmark = pytest.mark.slow  # builds a wheel and installs it into a fresh venv
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 CONFIGS = sorted((ROOT / "src" / "lud" / "configs").rglob("*.yaml"))  # configs and their bases
+# the language-model benchmark's configs (lud lm-bench) ship too; they are not training configs
+LM_CONFIGS = sorted((ROOT / "src" / "lud" / "lm_configs").glob("*.yaml"))
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -45,7 +47,7 @@ def test_the_wheel_ships_the_configs_and_trains(tmp_path: Path) -> None:
           "-w", str(dist), str(src)], tmp_path, env)
     (wheel,) = dist.glob("lud-*.whl")
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
-    assert shipped == {"lud/" + p.relative_to(ROOT / "src" / "lud").as_posix() for p in CONFIGS}
+    assert shipped == {"lud/" + p.relative_to(ROOT / "src" / "lud").as_posix() for p in CONFIGS + LM_CONFIGS}
 
     # A fresh venv; the packages of this interpreter visible through a .pth (a plain path line:
     # the .pth files there, e.g. an editable install of lud, are not processed).

@@ -1,5 +1,5 @@
 """The ``lud`` command line: ``train``, ``eval``, ``bench``, ``tune``, ``report``, ``list``, ``config``,
-``demo``, ``cache-teacher``.
+``lm-bench``, ``demo``, ``cache-teacher``.
 
 Exit codes: 0 success; 1 training diverged (NaN/Inf loss); 2 bad usage, configuration, data or
 checkpoint, or an output folder that cannot be written (full disk, read-only): the message goes to
@@ -28,6 +28,7 @@ _COMMANDS = {
     "report": "plots and a Markdown page for a run folder or a benchmark folder",
     "list": "list registered losses, models and data sets, and the packaged configs",
     "config": "show a config fully resolved: bases merged, overrides applied, loss parameters",
+    "lm-bench": "language-model benchmark, by stage: data, teacher, screen, tune, test",
     "demo": "run the built-in demonstration",
     "cache-teacher": "write a teacher's top-k log-probabilities over a tokenized data set (resumable)",
 }
@@ -41,7 +42,8 @@ def _top_help() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<7} {text}" for name, text in _COMMANDS.items()]
+    width = max(map(len, _COMMANDS))
+    lines += [f"  {name:<{width}} {text}" for name, text in _COMMANDS.items()]
     lines += [
         "",
         "Run 'lud COMMAND -h' for the options of a command.",
@@ -381,6 +383,32 @@ def _tune_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cmd_lm_bench(argv: list[str]) -> int:
+    from ..experiments.lm_bench import DEFAULT_CONFIG, STAGES, run_stage
+
+    p = argparse.ArgumentParser(prog="lud lm-bench", description=_COMMANDS["lm-bench"],
+                                epilog="Finished runs are never retrained: rerun the same command to resume.")
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"YAML file or packaged name (default {DEFAULT_CONFIG})")
+    p.add_argument("--work-dir", default="runs/lm", help="data and checkpoints (default runs/lm)")
+    p.add_argument("--results-dir", default="benchmarks/lm", help="compact results (default benchmarks/lm)")
+    p.add_argument("--img-dir", default="docs/img/lm", help="plots (default docs/img/lm)")
+    p.add_argument("--methods", help="comma-separated method labels of the config (default: the stage's)")
+    p.add_argument("--students", help="comma-separated student names (default: the stage's)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the stage's)")
+    a = p.parse_args(argv)
+
+    def split(text: str | None) -> list[str] | None:
+        return None if text is None else [t for t in text.split(",") if t]
+
+    seeds = split(a.seeds)
+    run_stage(a.stage, a.config, work_dir=a.work_dir, results_dir=a.results_dir, img_dir=a.img_dir,
+              methods=split(a.methods), students=split(a.students),
+              seeds=None if seeds is None else [int(x) for x in seeds])
+    return 0
+
+
 def _cmd_tune(argv: list[str]) -> int:
     from ..config import resolve_config
     from ..experiments.tune import run_tune
@@ -571,6 +599,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "report": _cmd_report,
         "list": _cmd_list,
         "config": _cmd_config,
+        "lm-bench": _cmd_lm_bench,
         "demo": _cmd_demo,
         "cache-teacher": _cmd_cache_teacher,
     }

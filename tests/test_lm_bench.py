@@ -1,0 +1,337 @@
+"""The language-model benchmark: split by document, metrics on hand-made logits, resuming, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from lud.data.text import build_text_data, list_documents, split_documents  # noqa: E402
+from lud.experiments import lm_bench  # noqa: E402
+from lud.experiments.lm_metrics import token_metrics  # noqa: E402
+
+WORDS = (
+    "def return import class self value index items print lambda yield while for if else "
+    "try except with open read write list dict tuple range len sum max min"
+).split()
+
+
+def _corpus(root: Path, n: int = 12) -> Path:
+    rng = random.Random(0)
+    for i in range(n):
+        sub = root / ("pkg" if i % 2 else "") / ("tests" if i == 5 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        lines = [f"def f{i}_{j}(x):\n    return {' '.join(rng.choices(WORDS, k=8))}\n" for j in range(40)]
+        (sub / f"mod{i}.py").write_text("".join(lines))
+    (root / "notes.txt").write_text("not a document")
+    return root
+
+
+def _config(tmp: Path, corpus: Path) -> Path:
+    cfg = {
+        "data": {"root": str(corpus), "vocab_size": 300, "seed": 0, "fractions": [0.2, 0.2]},
+        "model": {"seq_len": 16},
+        "teacher": {
+            "layers": 1,
+            "width": 32,
+            "heads": 2,
+            "steps": 6,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup": 2,
+            "eval_every": 3,
+            "checkpoint_every": 1,
+            "seed": 0,
+        },
+        "students": {"tiny": {"layers": 1, "width": 16, "heads": 2}},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup": 1,
+            "eval_every": 2,
+            "checkpoint_every": 1,
+        },
+        "eval": {
+            "max_tokens": 256,
+            "curve_tokens": 64,
+            "batch_size": 8,
+            "prompts": 3,
+            "prompt_tokens": 4,
+            "new_tokens": 4,
+        },
+        "methods": {
+            "ce": {"loss": "ce"},
+            "fkl": {"loss": "fkl"},
+            "kd": {"loss": "kd", "image_defaults": True},
+            "lud": {"loss": "lud", "params": {"category_top_k": 4, "sample_max_rows": 16}},
+        },
+        "stages": {"screen": {"students": ["tiny"], "seeds": [0], "methods": ["ce", "fkl"]}},
+    }
+    import yaml
+
+    path = tmp / "lm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_split_is_by_document_disjoint_and_deterministic(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path / "corpus")
+    files = list_documents(corpus)
+    assert "tests/mod5.py" not in files and "notes.txt" not in files  # test folders and other files out
+    assert len(files) == 11
+    a = split_documents(files, seed=0, fractions=(0.2, 0.2))
+    b = split_documents(list(reversed(files)), seed=0, fractions=(0.2, 0.2))
+    assert a == b
+    assert split_documents(files, seed=1, fractions=(0.2, 0.2)) != a
+    sets = [set(a[s]) for s in ("train", "validation", "test")]
+    assert sum(map(len, sets)) == len(files) and set().union(*sets) == set(files)
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+
+    d1 = build_text_data(tmp_path / "d1", root=corpus, vocab_size=300, fractions=(0.2, 0.2))
+    d2 = build_text_data(tmp_path / "d2", root=corpus, vocab_size=300, fractions=(0.2, 0.2))
+    for split in ("train", "validation", "test"):
+        assert torch.equal(d1.tokens(split), d2.tokens(split))
+        assert d1.meta["splits"][split] == d2.meta["splits"][split]
+        assert (tmp_path / "d1" / f"{split}_files.txt").read_text().split() == a[split]
+    # every document ends with the end-of-text token
+    assert int((d1.tokens("validation") == d1.eos_id).sum()) == len(a["validation"])
+    # cached: not rebuilt; other settings in the same folder refused
+    stamp = (tmp_path / "d1" / "train.pt").stat().st_mtime_ns
+    build_text_data(tmp_path / "d1", root=corpus, vocab_size=300, fractions=(0.2, 0.2))
+    assert (tmp_path / "d1" / "train.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_text_data(tmp_path / "d1", root=corpus, vocab_size=280, fractions=(0.2, 0.2))
+
+
+def test_metrics_on_hand_made_logits() -> None:
+    # 4 tokens, 3 classes; argmax = [0, 1, 2, 0]
+    probs = [[0.72, 0.18, 0.10], [0.07, 0.63, 0.30], [0.20, 0.15, 0.65], [0.45, 0.35, 0.20]]
+    logits = torch.log(torch.tensor(probs)) + 3.0  # any shift: softmax gives the probabilities back
+    targets = torch.tensor([0, 2, 2, 1])
+    teacher = torch.tensor([0, 1, 1, 1])
+    m = token_metrics(logits, targets, teacher, n_bins=10)
+    assert m["accuracy"] == pytest.approx(2 / 4)
+    assert m["agreement"] == pytest.approx(2 / 4)
+    nll = -(math.log(0.72) + math.log(0.30) + math.log(0.65) + math.log(0.35)) / 4
+    assert m["perplexity"] == pytest.approx(math.exp(nll), rel=1e-6)
+    # bins of width 0.1 (confidences away from the edges): 0.72 -> (0.7, 0.8], correct;
+    # 0.63 (wrong) and 0.65 (correct) -> (0.6, 0.7]; 0.45 -> (0.4, 0.5], wrong
+    ece = (abs(0.72 - 1) + abs(0.63 + 0.65 - 1) + abs(0.45 - 0)) / 4
+    assert m["ece"] == pytest.approx(ece, abs=1e-6)
+
+
+def _run(stage: str, cfg: Path, tmp: Path, **kw: object) -> object:
+    return lm_bench.run_stage(
+        stage,
+        cfg,
+        work_dir=tmp / "work",
+        results_dir=tmp / "results",
+        img_dir=None,
+        log=lambda _m: None,
+        **kw,
+    )
+
+
+def test_stages_resume_after_a_kill_without_redoing_finished_runs(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, _corpus(tmp_path / "corpus"))
+    assert _run("teacher", cfg, tmp_path, stop_after=3) is None  # "killed" after 3 of 6 steps
+    assert (tmp_path / "work" / "teacher" / "last.pt").exists()
+    assert not (tmp_path / "work" / "teacher" / "summary.json").exists()
+    summary = _run("teacher", cfg, tmp_path)
+    assert summary is not None and [c["step"] for c in summary["curve"]] == [3, 6]
+    # the resumed teacher is the uninterrupted one, weight for weight
+    other = tmp_path / "other"
+    lm_bench.run_stage(
+        "teacher", cfg, work_dir=other / "work", results_dir=other / "results", log=lambda _m: None
+    )
+    a = torch.load(tmp_path / "work" / "teacher" / "teacher.pt", weights_only=True)
+    b = torch.load(other / "work" / "teacher" / "teacher.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # screen: ce finishes, fkl is killed after 2 of 4 steps
+    rows = _run("screen", cfg, tmp_path, methods=["ce", "fkl"], stop_after=2)
+    assert [r["method"] for r in rows] == []
+    rows = _run("screen", cfg, tmp_path, methods=["ce", "fkl"], stop_after=2)  # ce resumes and ends
+    ce_summary = tmp_path / "work" / "screen" / "tiny" / "ce" / "seed0" / "summary.json"
+    assert ce_summary.exists() and [r["method"] for r in rows] == ["ce"]
+    stamp = ce_summary.stat().st_mtime_ns
+    # a corrupt checkpoint (a kill mid-write of an old version) restarts cleanly
+    fkl_run = tmp_path / "work" / "screen" / "tiny" / "fkl" / "seed0"
+    assert (fkl_run / "last.pt").exists()  # the fkl run was stopped after 2 of its 4 steps
+    (fkl_run / "last.pt").write_bytes(b"garbage")
+    messages: list[str] = []
+    rows = lm_bench.run_stage(
+        "screen",
+        cfg,
+        work_dir=tmp_path / "work",
+        results_dir=tmp_path / "results",
+        img_dir=None,
+        log=messages.append,
+        methods=["ce", "fkl"],
+    )
+    assert ce_summary.stat().st_mtime_ns == stamp  # finished: not redone
+    assert any("ce" in m and "done" in m for m in messages)
+    assert any("unreadable" in m for m in messages) and (fkl_run / "last.pt.bad").exists()
+    assert [r["method"] for r in rows] == ["ce", "fkl"]
+    for r in rows:
+        assert set(r["metrics"]) >= {
+            "perplexity",
+            "accuracy",
+            "agreement",
+            "ece",
+            "rougeL_ref",
+            "rougeL_teacher",
+        }
+        assert all(math.isfinite(v) for v in r["metrics"].values())
+    results = json.loads((tmp_path / "results" / "screen.json").read_text())
+    assert [r["method"] for r in results["runs"]] == ["ce", "fkl"]
+    assert "| fkl |" in (tmp_path / "results" / "screen.md").read_text()
+    # other settings in the same run folder are refused, nothing is overwritten
+    text = cfg.read_text().replace("steps: 4", "steps: 5")
+    cfg.write_text(text)
+    with pytest.raises(ValueError, match="other settings"):
+        _run("screen", cfg, tmp_path, methods=["ce"])
+    assert ce_summary.stat().st_mtime_ns == stamp
+    # a config whose teacher is not the one trained in the folder is refused too
+    cfg.write_text(text.replace("steps: 5", "steps: 4").replace("steps: 6", "steps: 7"))
+    with pytest.raises(ValueError, match="the teacher in .* was trained with"):
+        _run("screen", cfg, tmp_path, methods=["ce"])
+
+
+def test_unknown_method_and_stage_are_value_errors(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, _corpus(tmp_path / "corpus"))
+    with pytest.raises(ValueError, match="unknown stage"):
+        _run("nope", cfg, tmp_path)
+    with pytest.raises(ValueError, match="unknown method 'fkll'"):
+        lm_bench.methods_of(lm_bench.load_lm_config(cfg), ["fkll"])
+    with pytest.raises(ValueError, match="teacher"):
+        _run("screen", cfg, tmp_path)  # no teacher yet
+
+
+def test_packaged_config_names_registered_losses() -> None:
+    cfg = lm_bench.load_lm_config(lm_bench.DEFAULT_CONFIG)
+    methods = lm_bench.methods_of(cfg, None)
+    assert {
+        "ce",
+        "fkl",
+        "fkl-pure",
+        "rkl",
+        "gjsd",
+        "skl",
+        "srkl",
+        "tvd",
+        "kd",
+        "dist",
+        "lud",
+        "lud-paper",
+    } <= {m.label for m in methods}
+    assert {m.label for m in methods if m.image_defaults} == {"kd", "dist"}
+    for stage in ("screen", "tune", "test"):
+        lm_bench._plan(cfg, stage, methods, None, None)  # every stage plans
+    from lud.losses import build_loss
+
+    trials = lm_bench._plan(cfg, "tune", methods, None, None)
+    for _student, m, _seed, _trial in trials:
+        build_loss(m.loss, **m.params)  # every tuning candidate names real parameters
+    per_method = {m.label: sum(1 for t in trials if t[1].label == m.label) for m in methods}
+    assert {n for label, n in per_method.items() if label != "ce"} == {3}  # the same budget each
+
+
+@pytest.mark.slow
+def test_cli_runs_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, _corpus(tmp_path / "corpus"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    for stage in ("data", "teacher", "screen"):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lud",
+                "lm-bench",
+                stage,
+                "--config",
+                str(cfg),
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--results-dir",
+                str(tmp_path / "r"),
+                "--img-dir",
+                str(tmp_path / "img"),
+                "--methods",
+                "ce,kd,lud",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "r" / "data.json").read_text())["splits"]["train"]["documents"] == 7
+    assert (tmp_path / "r" / "teacher.json").exists()
+    table = (tmp_path / "r" / "screen.md").read_text()
+    assert "kd (image defaults)" in table and "| lud |" in table
+    assert (tmp_path / "img" / "screen_tiny_perplexity.png").exists()
+    assert (tmp_path / "img" / "screen_tiny_lud_stats.png").exists()
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lud",
+            "lm-bench",
+            "screen",
+            "--config",
+            str(cfg),
+            "--methods",
+            "nope",
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--results-dir",
+            str(tmp_path / "r2"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2 and "unknown method 'nope'" in res.stderr
+    assert not (tmp_path / "r2").exists()
+
+
+def test_tune_trials_and_test_use_the_chosen_parameters(tmp_path: Path) -> None:
+    import yaml
+
+    cfg_path = _config(tmp_path, _corpus(tmp_path / "corpus"))
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"]["steps"] = 2
+    cfg["tune"] = {"candidates": {"fkl": [{"ce_weight": 0.5}, {"ce_weight": 0.0}]}}
+    cfg["test"] = {"params": {"fkl": {"ce_weight": 0.0}}}
+    cfg["stages"]["test"] = {"students": ["tiny"], "seeds": [0, 1]}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    _run("teacher", cfg_path, tmp_path)
+    rows = _run("tune", cfg_path, tmp_path, methods=["fkl"])
+    assert [(r["trial"], r["params"]) for r in rows] == [
+        ("trial0", {"ce_weight": 0.5}),
+        ("trial1", {"ce_weight": 0.0}),
+    ]
+    assert "fkl trial1" in (tmp_path / "results" / "tune.md").read_text()
+    rows = _run("test", cfg_path, tmp_path, methods=["fkl"])
+    assert [(r["split"], r["seed"], r["params"]) for r in rows] == [
+        ("test", 0, {"ce_weight": 0.0}),
+        ("test", 1, {"ce_weight": 0.0}),
+    ]
+    assert " ± " in (tmp_path / "results" / "test.md").read_text()  # mean ± std over the 2 seeds
