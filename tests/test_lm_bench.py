@@ -252,7 +252,7 @@ def test_packaged_config_names_registered_losses() -> None:
 def test_cli_runs_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     cfg = _config(tmp_path, _corpus(tmp_path / "corpus"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file()) / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     for stage in ("data", "teacher", "screen"):
         res = subprocess.run(
