@@ -14,9 +14,14 @@ from lud.losses.kd import KDLoss
 
 @pytest.fixture
 def clean_registry(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A copy of the registry that the test may add to; the real one is restored after it."""
+    """A copy of the registry that the test may add to; the real one is restored after it, and so
+    are the class attributes registration sets (``registry_name``, ``registry_inputs``)."""
     losses = dict(registry._LOSSES)
     monkeypatch.setattr(registry, "_LOSSES", losses)
+    for cls in {e.cls for e in losses.values()}:
+        for attr in ("registry_name", "registry_inputs"):
+            if attr in cls.__dict__:
+                monkeypatch.setattr(cls, attr, cls.__dict__[attr])
     return losses
 
 
@@ -72,6 +77,11 @@ def test_duplicate_names(clean_registry: dict) -> None:
     # registering the same class again (a re-imported module) is harmless
     registry.register_loss("kd", bench=True)(KDLoss)
     assert loss_class("kd") is KDLoss
+
+
+def test_registration_does_not_leak_out_of_the_clean_registry() -> None:
+    # the test above re-registered KDLoss with other inputs; the fixture must have restored them
+    assert "topk" in KDLoss.registry_inputs and KDLoss.registry_name == "kd"
 
 
 def test_presets(clean_registry: dict) -> None:
