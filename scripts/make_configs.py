@@ -1,5 +1,5 @@
 """Write the experiment configs under src/lud/configs/ (package data) from the published recipes
-(method.md §5–6).
+(mdistiller's CIFAR-100 and ImageNet recipes, each method's paper for its own values).
 
 One experiment = one file (none hidden in file names), which states what is its own and inherits
 the rest (``_base_``, :mod:`lud.config`) from
@@ -127,7 +127,7 @@ IMAGENET_DATA = {
     "eval_batch_size": 512,
     "num_workers": 8,
 }
-# ImageNet: the methods whose papers give ImageNet values (method.md §5), with those values; the
+# ImageNet: the methods whose papers give ImageNet values (the papers' own ImageNet settings), with those values; the
 # others have no ImageNet config.
 IMAGENET_METHODS: dict[str, dict[str, Any]] = {
     "kd": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5},

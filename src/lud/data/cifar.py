@@ -34,7 +34,7 @@ __all__ = [
     "write_cifar_like",
 ]
 
-# CIFAR-100 constants as in the standard (mdistiller) recipe, docs/method.md §6.
+# CIFAR-100 constants as in the standard (mdistiller) recipe.
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 # CIFAR-10 per-channel pixel mean/std over the 50k training images.

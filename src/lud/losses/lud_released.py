@@ -42,7 +42,7 @@ recipe 480 epochs, batch 64, SGD lr 0.025 (0.01 for ShuffleNet/MobileNet student
 150/180/210, weight decay 5e-4. Checked against the release on fixed logits
 (``tests/fixtures/cskd_reference.json``).
 
-Where this departs from the paper (method.md §2) — line by line:
+Where this departs from the paper (docs/lud_design.md, "Paper, released code") — line by line:
 
 * cosine similarity with an absolute value, not Spearman; no ranks anywhere;
 * a first-order class-column term ``cs`` with weight ``2·τ²`` that the paper does not have;
