@@ -207,6 +207,11 @@ class LUDLoss(DistillationLoss):
             self._sample_calls = 0  # host mirror of the buffer: reading it needs no device sync
             self.register_buffer("sample_calls", torch.zeros((), dtype=torch.int64))
             self.register_load_state_dict_post_hook(_reload_sample_calls)
+        wo = self.weight_options
+        # None: the shared-log-softmax KL (the default path); else the token divergence, built once
+        self._instance_divergence = (
+            None if wo.instance_divergence == "fkl" and wo.instance_divergence_params is None
+            else token_divergence(wo.instance_divergence, **(wo.instance_divergence_params or {})))
         self.register_buffer("running_sample_threshold", torch.zeros(()))
         self.register_buffer("running_class_threshold", torch.zeros(()))
         self.register_buffer("running_threshold_initialized", torch.zeros((), dtype=torch.bool))
@@ -331,10 +336,8 @@ class LUDLoss(DistillationLoss):
         """Step 4: the weighted ``T_b²·KL`` (unweighted by ``instance_weight``), or ``T_b²·D``
         with another :attr:`WeightOptions.instance_divergence` ``D``."""
         w = gates.samples(self.mask_options.instance_mask)
-        wo = self.weight_options
-        if wo.instance_divergence != "fkl" or wo.instance_divergence_params is not None:
-            per_sample = token_divergence(wo.instance_divergence, **(wo.instance_divergence_params or {}))(
-                zs, zt.detach(), temp)
+        if self._instance_divergence is not None:
+            per_sample = self._instance_divergence(zs, zt.detach(), temp)
             t_row = temp.expand_as(zs).mean(dim=1) if temp.dim() else temp
             return weighted_mean(t_row.pow(2) * per_sample, w.detach())
         if log_p is None:
