@@ -59,7 +59,7 @@ from lud.losses import DistillationLoss, LossOutput
 
 from .distributed import average_gradients
 from .fused_head import check_fused_student, fused_loss, output_tensor
-from .loss_step import distillation_loss_step, resolve_loss
+from .loss_step import distillation_loss_step, resolve_loss, token_normalised
 from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX
 from .topk_teacher import CACHE_KEYS, check_topk_options, online_topk, pop_cached_teacher
 
@@ -316,10 +316,8 @@ class DistillationTrainer(Trainer):
         self._accumulate(out)
         if num_items_in_batch is None:
             return out.total
-        # token normalisation as in distillation_loss_step: the micro-batch's sum over the global count
         y = labels[..., 1:] if shift else labels
-        valid = (y != self.ignore_index).sum()
-        return out.total * valid / torch.as_tensor(num_items_in_batch, device=valid.device).clamp_min(1)
+        return token_normalised(out.total, (y != self.ignore_index).sum(), num_items_in_batch)
 
     # -- logging --------------------------------------------------------------------------------
     def _accumulate(self, out: LossOutput) -> None:

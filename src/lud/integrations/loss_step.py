@@ -35,7 +35,7 @@ from lud.losses.token_divergence import shared_vocabulary
 from .tokens import IGNORE_INDEX, check_gram_budget, valid_rows
 from .topk_teacher import topk_valid_rows
 
-__all__ = ["distillation_loss_step", "resolve_loss"]
+__all__ = ["distillation_loss_step", "resolve_loss", "token_normalised"]
 
 
 def resolve_loss(loss: str | DistillationLoss, params: dict[str, Any] | None) -> DistillationLoss:
@@ -111,9 +111,14 @@ def distillation_loss_step(
     out = loss(s, t, y, epoch=epoch)
     total = out.total
     if num_items_in_batch is not None:
-        count = _count(num_items_in_batch, total.device)
-        total = total * (s.shape[0] / count)
+        total = token_normalised(total, s.shape[0], num_items_in_batch)
     return total, out
+
+
+def token_normalised(mean: Tensor, valid: int | Tensor, num_items_in_batch: Tensor | int | Any) -> Tensor:
+    """``mean · valid / num_items_in_batch``: a micro-batch's mean over its ``valid`` positions as
+    its sum over the accumulated batch's count (see the module docstring)."""
+    return mean * (valid / _count(num_items_in_batch, mean.device))
 
 
 def _count(num_items: Tensor | int | Any, device: torch.device) -> Tensor | float:
