@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 
 from lud.losses import DistillationLoss, LossOutput
+from lud.losses.token_divergence import check_vocab_size
 
 from .distributed import average_gradients
 from .fused_head import check_fused_student, fused_loss, output_tensor
@@ -151,10 +152,7 @@ class DistillationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if not isinstance(token_normalization, bool):
             raise ValueError(f"token_normalization must be a bool, got {token_normalization!r}")
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
-                                       or vocab_size < 2):
-            raise ValueError(f"vocab_size must be an int >= 2 or None, got {vocab_size!r}")
-        self.vocab_size = vocab_size
+        self.vocab_size = check_vocab_size(vocab_size)
         # True makes the Trainer count num_items_in_batch (the model never sees the labels: we strip
         # them) and, with loss_is_scaled_for_ga None, not divide a normalised loss by the GA steps
         # (transformers < 5 has no _get_num_items_in_batch hook to count with our shift: off there)

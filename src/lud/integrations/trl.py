@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from trl.experimental.gkd import GKDTrainer
 
 from lud.losses import DistillationLoss
+from lud.losses.token_divergence import check_vocab_size
 
 from .loss_step import distillation_loss_step, resolve_loss
 from .tokens import DEFAULT_MAX_GRAM_ELEMENTS, IGNORE_INDEX
@@ -86,7 +87,7 @@ class GKDDistillationTrainer(GKDTrainer):
         first = next(self.model.parameters(), None)
         device = first.device if first is not None else self.args.device
         self.distillation_loss = resolve_loss(loss, loss_params).to(device)
-        self.vocab_size = vocab_size
+        self.vocab_size = check_vocab_size(vocab_size)
         self.ignore_index = int(ignore_index)
         self.max_gram_elements = int(max_gram_elements)
 

@@ -165,10 +165,7 @@ class TokenDivergenceLoss(DistillationLoss):
         super().__init__(validate=validate)
         self.temperature = positive_param("temperature", temperature)
         self.ce_weight = unit_interval("ce_weight", ce_weight)
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
-                                       or vocab_size < 2):
-            raise ValueError(f"vocab_size must be an int >= 2 or None, got {vocab_size!r}")
-        self.vocab_size = vocab_size
+        self.vocab_size = check_vocab_size(vocab_size)
         self.divergence_params = dict(divergence_params)
         self.divergence = token_divergence(self.divergence_name, **divergence_params)
 
@@ -229,6 +226,15 @@ class TokenDivergenceLoss(DistillationLoss):
         params = "".join(f", {k}={v}" for k, v in self.divergence_params.items())
         return (f"temperature={self.temperature}, ce_weight={self.ce_weight}{params}, "
                 f"vocab_size={self.vocab_size}")
+
+
+def check_vocab_size(vocab_size: object) -> int | None:
+    """``vocab_size`` (the shared vocabulary of padded output layers) if it is ``None`` or an int
+    >= 2; ``ValueError`` naming it otherwise."""
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
+                                   or vocab_size < 2):
+        raise ValueError(f"vocab_size must be an int >= 2 or None, got {vocab_size!r}")
+    return vocab_size
 
 
 def shared_vocabulary(student_logits: Tensor, teacher_logits: Tensor,
