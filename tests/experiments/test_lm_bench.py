@@ -245,7 +245,9 @@ def test_packaged_config_names_registered_losses() -> None:
     for _student, m, _seed, _trial in trials:
         build_loss(m.loss, **m.params)  # every tuning candidate names real parameters
     per_method = {m.label: sum(1 for t in trials if t[1].label == m.label) for m in methods}
-    assert {n for label, n in per_method.items() if label != "ce"} == {3}  # the same budget each
+    tuned = set(cfg["tune"]["candidates"])
+    assert {n for label, n in per_method.items() if label in tuned} == {2}  # the same budget each
+    assert {n for label, n in per_method.items() if label not in tuned} == {1}
 
 
 @pytest.mark.slow
@@ -335,3 +337,29 @@ def test_tune_trials_and_test_use_the_chosen_parameters(tmp_path: Path) -> None:
         ("test", 1, {"ce_weight": 0.0}),
     ]
     assert " ± " in (tmp_path / "results" / "test.md").read_text()  # mean ± std over the 2 seeds
+
+
+def test_top_k_teacher_row_and_gradient_probe(tmp_path: Path) -> None:
+    import yaml
+
+    cfg_path = _config(tmp_path, _corpus(tmp_path / "corpus"))
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["methods"]["fkl-top8"] = {"loss": "fkl", "teacher_top_k": 8}
+    cfg["methods"]["fkl-topall"] = {"loss": "fkl", "teacher_top_k": 300}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    _run("teacher", cfg_path, tmp_path)
+    rows = _run("screen", cfg_path, tmp_path, methods=["fkl", "fkl-top8", "fkl-topall"])
+    by = {r["method"]: r for r in rows}
+    assert by["fkl-top8"]["teacher_top_k"] == 8 and "teacher_top_k" not in by["fkl"]
+    # the top-8 teacher is another teacher: another student; k = V is the dense teacher up to
+    # the float16 rounding of the log-probs the cache stores
+    assert by["fkl-top8"]["metrics"]["perplexity"] != by["fkl"]["metrics"]["perplexity"]
+    assert by["fkl-topall"]["metrics"]["perplexity"] == pytest.approx(
+        by["fkl"]["metrics"]["perplexity"], rel=1e-2)
+    # the probe: per term, the gradient norm and its cosine with forward KL's, at every curve point
+    for point in by["fkl"]["curve"]:
+        assert point["cos_fkl/fkl"] == pytest.approx(1.0, abs=1e-4)  # fKL at T = 1 is the reference
+        assert point["grad/fkl"] > 0 and point["grad/ce"] > 0
+        assert -1.0 <= point["cos_total/ce"] <= 1.0
+    with pytest.raises(ValueError, match="teacher_top_k"):
+        lm_bench.methods_of({"methods": {"x": {"loss": "fkl", "teacher_top_k": 0}}}, None)

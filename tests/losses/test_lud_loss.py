@@ -1075,3 +1075,39 @@ def test_lud_lm_preset_on_tokens() -> None:
     assert torch.isfinite(s.grad).all()
     # explicit arguments win over the preset
     assert build_loss("lud-lm", cdl_weight=0.0, sdl_weight=0.0).cdl_weight == 0.0
+
+
+# -- confidence_measure: what a token's (sample's) confidence is ------------------------------------
+def test_confidence_measures_on_known_rows():
+    from lud.losses.lud import teacher_confidence
+
+    z = torch.log(torch.tensor([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0 + 1e-30]]))
+    assert torch.allclose(teacher_confidence(z, 1.0), torch.tensor([0.7, 1 / 3, 0.5]), atol=1e-6)
+    assert torch.allclose(teacher_confidence(z, 1.0, "margin"), torch.tensor([0.5, 0.0, 0.0]),
+                          atol=1e-6)
+    ent = teacher_confidence(z, 1.0, "entropy")
+    h0 = -(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1))
+    assert ent[0].item() == pytest.approx(1 - h0 / math.log(3), abs=1e-6)
+    assert ent[1].item() == pytest.approx(0.0, abs=1e-6)  # uniform: no confidence
+    assert ent[2].item() == pytest.approx(1 - math.log(2) / math.log(3), abs=1e-5)
+    one = torch.zeros(4, 1)  # a single class: certain under every measure, not NaN
+    for m in ("max_prob", "margin", "entropy"):
+        assert torch.equal(teacher_confidence(one, 1.0, m), torch.ones(4))
+
+
+@pytest.mark.parametrize("measure", ["margin", "entropy"])
+def test_confidence_measure_changes_weights_and_masks_not_the_default(measure):
+    torch.manual_seed(3)
+    z, t, y = torch.randn(32, 20), torch.randn(32, 20) * 3, torch.randint(0, 20, (32,))
+    base = build_loss("lud-lm")(z, t, y)
+    same = build_loss("lud-lm", confidence_measure="max_prob")(z, t, y)
+    other = build_loss("lud-lm", confidence_measure=measure)(z, t, y)
+    assert torch.equal(base.total, same.total)
+    assert not torch.allclose(base.terms["instance"], other.terms["instance"])
+    assert other.stats["confidence_mean"] < base.stats["confidence_mean"] or measure == "entropy"
+    assert torch.isfinite(other.total)
+
+
+def test_confidence_measure_rejects_unknown_names():
+    with pytest.raises(ValueError, match="confidence_measure"):
+        build_loss("lud", confidence_measure="variance")

@@ -40,7 +40,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ import yaml
 
 from ..data.text import TextData, build_text_data
 from ..losses.registry import build_loss, loss_entry
+from ..losses.topk import TopKTeacher
 from ..models.gpt import build_gpt2, param_counts
 from .lm_metrics import evaluate_lm, greedy_continuations, rouge_l, windows
 
@@ -104,6 +105,7 @@ class Method:
     loss: str
     params: dict[str, Any]
     image_defaults: bool = False
+    teacher_top_k: int | None = None
 
     @property
     def display(self) -> str:
@@ -121,7 +123,12 @@ def methods_of(cfg: dict[str, Any], labels: Sequence[str] | None) -> list[Method
         spec = table[label] or {}
         name = spec.get("loss", label)
         loss_entry(name)  # ValueError naming the valid losses
-        out.append(Method(label, name, dict(spec.get("params") or {}), bool(spec.get("image_defaults"))))
+        top_k = spec.get("teacher_top_k")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"method {label!r}: teacher_top_k must be a positive int, got {top_k!r}")
+        out.append(
+            Method(label, name, dict(spec.get("params") or {}), bool(spec.get("image_defaults")), top_k)
+        )
     return out
 
 
@@ -220,11 +227,16 @@ def train_run(
     checkpoint_every: int,
     log: Log = _log,
     stop_after: int | None = None,
+    teacher_top_k: int | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """Train ``model`` with ``loss`` (resuming ``run/last.pt``); ``(model, state)``.
 
-    ``state`` holds ``curve`` (step, validation perplexity, mean loss terms and stats) and
+    ``state`` holds ``curve`` (step, validation perplexity, mean loss terms and stats, and the
+    gradient probe of :func:`probe_terms` on the last batch before each evaluation point) and
     ``wall_s``; it is ``None`` when ``stop_after`` stopped the run early (as a kill would).
+    ``teacher_top_k``: the loss sees only the teacher's top-k log-probabilities
+    (:meth:`~lud.losses.TopKTeacher.from_logits` with float16 log-probs, what the offline cache
+    stores), not its dense logits.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warmup))
@@ -250,15 +262,22 @@ def train_run(
     n_acc = 0
     t0 = time.perf_counter()
     done_here = 0
+    probe: dict[str, float] = {}
     while step < steps:
         ids = _batch(train_stream, seq_len, batch_size, seed, step)
         logits = model(input_ids=ids).logits[:, :-1]
         labels = ids[:, 1:]
         t_logits = None
+        t_input: Any = None
         if teacher is not None:
             with torch.no_grad():
                 t_logits = teacher(input_ids=ids).logits[:, :-1]
-        out = loss(logits, t_logits, labels, epoch=step / max(1, steps))
+            t_input = t_logits
+            if teacher_top_k is not None:
+                t_input = TopKTeacher.from_logits(t_logits, teacher_top_k, log_prob_dtype=torch.float16)
+        out = loss(logits, t_input, labels, epoch=step / max(1, steps))
+        if t_logits is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            probe = probe_terms(out, logits, t_logits)
         if not torch.isfinite(out.total):
             raise ValueError(f"run {run}: loss is {float(out.total)} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -280,7 +299,9 @@ def train_run(
                 "step": step,
                 "val_perplexity": m["perplexity"],
                 **{k: v / n_acc for k, v in acc.items()},
+                **probe,
             }
+            probe = {}
             curve.append(point)
             log(f"  step {step}/{steps} loss {point['loss']:.3f} val ppl {m['perplexity']:.2f}")
             acc, n_acc = {}, 0
@@ -298,6 +319,42 @@ def train_run(
         if stop_after is not None and done_here >= stop_after and step < steps:
             return model, None
     return model, {"curve": curve, "wall_s": wall + time.perf_counter() - t0, "steps": steps}
+
+
+def probe_terms(out: Any, logits: Tensor_, teacher_logits: Tensor_) -> dict[str, float]:
+    """How each loss term pushes the student logits on this batch (before the update).
+
+    For every term of ``out`` (its graph alive): ``grad/<term>`` the norm of ∂term/∂logits,
+    ``cos_fkl/<term>`` its cosine with the gradient of plain forward KL at T = 1 (the mean over
+    tokens of KL(p_teacher ‖ p_student), whose gradient is ``(p_s − p_t) / N``) and
+    ``cos_total/<term>`` its cosine with the gradient of the whole loss; and ``grad/fkl_ref`` the
+    norm of that forward-KL gradient. Uses ``torch.autograd.grad`` only: nothing is accumulated
+    into ``.grad``, the training step's own backward is unchanged.
+    """
+    z = logits
+    n = max(1, z.numel() // z.shape[-1])
+    with torch.no_grad():
+        ref = (torch.softmax(z.detach().float(), -1) - torch.softmax(teacher_logits.float(), -1)) / n
+    grads: dict[str, Tensor_] = {}
+    for name, term in out.terms.items():
+        if isinstance(term, torch.Tensor) and term.requires_grad:
+            (g,) = torch.autograd.grad(term, z, retain_graph=True, allow_unused=True)
+            if g is not None:
+                grads[name] = g.detach().float()
+    if not grads:
+        return {}
+    total = torch.stack(list(grads.values())).sum(0)
+
+    def cos(a: Tensor_, b: Tensor_) -> float:
+        den = float(a.norm() * b.norm())
+        return float((a * b).sum()) / den if den > 0 else 0.0
+
+    res: dict[str, float] = {"grad/fkl_ref": float(ref.norm())}
+    for name, g in grads.items():
+        res[f"grad/{name}"] = float(g.norm())
+        res[f"cos_fkl/{name}"] = cos(g, ref)
+        res[f"cos_total/{name}"] = cos(g, total)
+    return res
 
 
 # ----------------------------------------------------------------------------- stages
@@ -463,7 +520,7 @@ def _plan(
             if stage == "tune":
                 cands = (cfg.get("tune", {}).get("candidates", {}) or {}).get(m.label) or [{}]
                 for i, c in enumerate(cands):
-                    mm = Method(m.label, m.loss, {**m.params, **c}, m.image_defaults)
+                    mm = replace(m, params={**m.params, **c})
                     for seed in seed_list:
                         plan.append((st, mm, seed, f"trial{i}"))
             else:
@@ -476,7 +533,7 @@ def _plan(
 
 def _tuned(cfg: dict[str, Any], m: Method) -> Method:
     chosen = (cfg.get("test", {}) or {}).get("params", {}) or {}
-    return Method(m.label, m.loss, {**m.params, **(chosen.get(m.label) or {})}, m.image_defaults)
+    return replace(m, params={**m.params, **(chosen.get(m.label) or {})})
 
 
 def run_student_stage(
@@ -522,6 +579,7 @@ def run_student_stage(
             "method": m.label,
             "loss": m.loss,
             "params": m.params,
+            **({"teacher_top_k": m.teacher_top_k} if m.teacher_top_k is not None else {}),
             "seed": seed,
             "split": split,
             "train": {k: s[k] for k in ("steps", "batch_size", "lr")},
@@ -554,6 +612,7 @@ def run_student_stage(
             checkpoint_every=int(s.get("checkpoint_every", 100)),
             log=log,
             stop_after=stop_after,
+            teacher_top_k=m.teacher_top_k,
         )
         if state is None:
             return finished_runs(work / stage)

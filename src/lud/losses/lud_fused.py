@@ -66,6 +66,7 @@ from .fused import (
 from .lud import (
     LUDLoss,
     confidence_mask,
+    confidence_of,
     confidence_weights,
     gram_correlation_loss,
     map_temperature,
@@ -117,7 +118,7 @@ def _teacher_pass(loss: LUDLoss, teacher: Tensor, rows: Tensor | None, n: int, c
             end = min(start + chunk, n)
             zt = _take(teacher, rows, start, end).float()
             p = torch.softmax(zt / tau, dim=1)
-            conf[start:end] = p.amax(dim=1)
+            conf[start:end] = confidence_of(p, loss.mask_options.confidence_measure, zt / tau)
             if k is not None:
                 mass += p.sum(dim=0)
                 member.index_fill_(0, zt.topk(min(k, classes), dim=1).indices.reshape(-1), True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from .confidence import (
     batch_quantile,
     class_confidence,
+    confidence_of,
     confidence_mask,
     confidence_weights,
     teacher_confidence,
@@ -58,6 +59,7 @@ __all__ = [
     "category_spearman_loss",
     "category_subset",
     "class_confidence",
+    "confidence_of",
     "confidence_mask",
     "confidence_weights",
     "dynamic_temperature",

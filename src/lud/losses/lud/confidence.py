@@ -1,6 +1,8 @@
 """LUD's confidences, confidence masks and uncertainty weights (all detached, no device sync).
 
-* **confidence** ``conf_b = max_c softmax(z_T[b] / T)``; **class confidence**
+* **confidence** ``conf_b = max_c softmax(z_T[b] / T)`` (``confidence_measure="max_prob"``, the
+  paper's), or the top-1 minus top-2 probability (``"margin"``), or one minus the normalised
+  entropy ``1 − H(p_b) / log C`` (``"entropy"``) — all in [0, 1], 1 = certain; **class confidence**
   ``cconf_c = mean_b softmax(z_T[b] / T)_c``.
 * **mask**: row weights in [0, 1] from a threshold on the confidences; a term averages over the
   rows it keeps.
@@ -20,22 +22,53 @@ __all__ = [
     "batch_quantile",
     "class_confidence",
     "confidence_mask",
+    "confidence_of",
     "confidence_weights",
     "teacher_confidence",
 ]
 
+ConfidenceMeasure = Literal["max_prob", "margin", "entropy"]
 MaskDirection = Literal["confident", "uncertain"]
 MaskType = Literal["hard", "soft"]
 Threshold = Literal["batch", "running", "fixed"]
 
+CONFIDENCE_MEASURES = ("max_prob", "margin", "entropy")
 DIRECTIONS = ("confident", "uncertain")
 MASK_TYPES = ("hard", "soft")
 THRESHOLDS = ("batch", "running", "fixed")
 
 
-def teacher_confidence(teacher_logits: Tensor, temperature: float) -> Tensor:
-    """Per-sample confidence ``max_c softmax(z_T / temperature)``, shape (B,), detached."""
-    return torch.softmax(teacher_logits.detach() / temperature, dim=1).amax(dim=1)
+def teacher_confidence(
+    teacher_logits: Tensor, temperature: float, measure: ConfidenceMeasure = "max_prob"
+) -> Tensor:
+    """Per-sample confidence of the tempered teacher, shape (B,), detached, in [0, 1].
+
+    ``measure``: ``"max_prob"`` ``max_c p_c`` (the paper's), ``"margin"`` the top-1 minus the
+    top-2 probability, ``"entropy"`` ``1 − H(p) / log C`` (with ``p = softmax(z_T / T)``; one
+    class: 1)."""
+    z = teacher_logits.detach() / temperature
+    return confidence_of(torch.softmax(z, dim=1), measure, z)
+
+
+def confidence_of(p: Tensor, measure: ConfidenceMeasure = "max_prob", z: Tensor | None = None
+                  ) -> Tensor:
+    """:func:`teacher_confidence` from the probability rows ``p`` (B, C); ``z``, the tempered
+    logits they came from, gives the entropy through ``log_softmax`` (else ``log`` of ``p``
+    floored at the dtype's tiny)."""
+    if measure == "max_prob":
+        return p.amax(dim=1)
+    classes = p.shape[1]
+    if classes == 1:
+        return torch.ones(p.shape[0], dtype=p.dtype, device=p.device)
+    if measure == "margin":
+        top = p.topk(2, dim=1).values
+        return top[:, 0] - top[:, 1]
+    if measure == "entropy":
+        log_p = torch.log_softmax(z, dim=1) if z is not None else p.clamp_min(
+            torch.finfo(p.dtype).tiny).log()
+        h = -(p * log_p).sum(dim=1)
+        return (1.0 - h / math.log(classes)).clamp(0.0, 1.0)
+    raise ValueError(f"confidence_measure must be one of {CONFIDENCE_MEASURES}, got {measure!r}")
 
 
 def class_confidence(teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -20,11 +20,13 @@ from ..registry import register_loss, register_preset
 from ..standardize import standardize_logits
 from ..token_divergence import token_divergence
 from .confidence import (
+    ConfidenceMeasure,
     MaskDirection,
     MaskType,
     Threshold,
     batch_quantile,
     class_confidence,
+    confidence_of,
     confidence_mask,
     confidence_weights,
     teacher_confidence,
@@ -134,7 +136,7 @@ class LUDLoss(DistillationLoss):
     * :class:`MaskOptions`: ``mask_direction``, ``threshold``, ``quantile``,
       ``threshold_momentum``, ``fixed_threshold``, ``mask_type``, ``mask_softness``,
       ``sample_mask``, ``class_mask``, ``instance_mask``, ``relation_mask``,
-      ``uncertainty_weighting``;
+      ``uncertainty_weighting``, ``confidence_measure``;
     * :class:`RankOptions`: ``gram_reduction``, ``rank_method``, ``rank_strength``,
       ``rank_backend``, ``teacher_rank``, ``rank_scale``, ``rank_grad_scale``;
     * :class:`LabelSpaceOptions`: ``category_top_k``, ``max_categories``, ``category_tail``,
@@ -178,6 +180,7 @@ class LUDLoss(DistillationLoss):
         class_mask: bool = True,
         instance_mask: bool = False,
         uncertainty_weighting: bool = True,
+        confidence_measure: ConfidenceMeasure = "max_prob",
         gram_reduction: Reduction = "row",
         rank_method: RankMethod = "soft",
         rank_strength: float = 0.1,
@@ -291,13 +294,15 @@ class LUDLoss(DistillationLoss):
     def _class_statistics(self, zt: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """(sample confidences, class confidences, restricted class indices or ``None``)."""
         t, lo = self.temperature_options.temperature, self.label_space_options
+        measure = self.mask_options.confidence_measure
         if lo.category_top_k is None:
-            return teacher_confidence(zt, t), class_confidence(zt, t), None
+            return teacher_confidence(zt, t, measure), class_confidence(zt, t), None
         with torch.no_grad():
             p = torch.softmax(zt / t, dim=1)  # one N×C softmax for all three
             cols = category_subset(zt, p.sum(dim=0), lo.category_top_k, lo.max_categories)
             cconf = restrict_columns(p, cols, lo.category_tail == "fold").mean(dim=0)
-            return p.amax(dim=1), cconf, cols
+            conf = p.amax(dim=1) if measure == "max_prob" else confidence_of(p, measure, zt / t)
+            return conf, cconf, cols
 
     def _thresholds(self, conf: Tensor, cconf: Tensor) -> tuple[Tensor, Tensor]:
         """(sample threshold, class threshold), updating the running buffers in training."""

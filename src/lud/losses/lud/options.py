@@ -15,7 +15,16 @@ from typing import Literal
 from .. import ranking
 from ..params import check_bool, check_choice, check_number
 from ..token_divergence import token_divergence
-from .confidence import DIRECTIONS, MASK_TYPES, THRESHOLDS, MaskDirection, MaskType, Threshold
+from .confidence import (
+    CONFIDENCE_MEASURES,
+    DIRECTIONS,
+    MASK_TYPES,
+    THRESHOLDS,
+    ConfidenceMeasure,
+    MaskDirection,
+    MaskType,
+    Threshold,
+)
 from .temperature import TEMP_MAPS, TEMP_MODES, TempMap, TempMode
 from .terms import (
     RANK_METHODS,
@@ -187,6 +196,10 @@ class MaskOptions:
         relation_mask: also gate the inter/intra rows with the sample/class masks.
         uncertainty_weighting: weigh rows by ``u = conf / mean(conf)`` (instance, SDL, inter) and
             ``v = cconf / mean(cconf)`` (CDL, intra); else 1.
+        confidence_measure: what a sample's confidence ``conf`` is (masks, thresholds, ``u``):
+            ``"max_prob"`` the teacher's top-1 probability (the paper's), ``"margin"`` top-1 minus
+            top-2, ``"entropy"`` ``1 − H/log C`` (:func:`~lud.losses.lud.teacher_confidence`).
+            Class confidences are always mean probabilities.
     """
 
     mask_direction: MaskDirection = "confident"
@@ -201,9 +214,11 @@ class MaskOptions:
     instance_mask: bool = False
     relation_mask: bool = False
     uncertainty_weighting: bool = True
+    confidence_measure: ConfidenceMeasure = "max_prob"
 
     def __post_init__(self) -> None:
         check_choice("mask_direction", self.mask_direction, DIRECTIONS)
+        check_choice("confidence_measure", self.confidence_measure, CONFIDENCE_MEASURES)
         check_choice("threshold", self.threshold, THRESHOLDS)
         check_choice("mask_type", self.mask_type, MASK_TYPES)
         _set(self, "quantile", check_number("quantile", self.quantile, low=0.0, high=1.0))
