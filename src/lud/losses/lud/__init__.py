@@ -25,8 +25,8 @@ from __future__ import annotations
 from .confidence import (
     batch_quantile,
     class_confidence,
-    confidence_of,
     confidence_mask,
+    confidence_of,
     confidence_weights,
     teacher_confidence,
 )

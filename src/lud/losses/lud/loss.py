@@ -26,8 +26,8 @@ from .confidence import (
     Threshold,
     batch_quantile,
     class_confidence,
-    confidence_of,
     confidence_mask,
+    confidence_of,
     confidence_weights,
     teacher_confidence,
 )
