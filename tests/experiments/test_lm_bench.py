@@ -363,3 +363,15 @@ def test_top_k_teacher_row_and_gradient_probe(tmp_path: Path) -> None:
         assert -1.0 <= point["cos_total/ce"] <= 1.0
     with pytest.raises(ValueError, match="teacher_top_k"):
         lm_bench.methods_of({"methods": {"x": {"loss": "fkl", "teacher_top_k": 0}}}, None)
+
+
+def test_probe_table_summarises_the_curve() -> None:
+    curve = [
+        {"step": 2, "grad/fkl_ref": 1.0, "grad/fkl": 0.5, "cos_fkl/fkl": 1.0, "cos_total/fkl": 0.5},
+        {"step": 4, "grad/fkl_ref": 3.0, "grad/fkl": 1.5, "cos_fkl/fkl": 1.0, "cos_total/fkl": 0.7},
+    ]
+    row = {"student": "s", "method": "fkl", "display": "fkl", "trial": "", "seed": 0, "curve": curve}
+    table = lm_bench.probe_table([row, {**row, "seed": 1}])
+    assert table.count("| s | fkl | fkl |") == 1  # one line per method and term: the first seed
+    assert "| 0.5 → 1.5 | +1.000 | +0.600 | 3 |" in table
+    assert lm_bench.probe_table([{**row, "curve": [{"step": 2}]}]) == ""  # no probe: no table

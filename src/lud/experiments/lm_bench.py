@@ -702,6 +702,40 @@ def markdown_tables(rows: list[dict[str, Any]], teacher: dict[str, Any] | None =
     return "\n\n".join(out) + "\n"
 
 
+def probe_table(rows: list[dict[str, Any]]) -> str:
+    """The gradient probe (:func:`probe_terms`) per run and loss term, as a Markdown table.
+
+    Each cell is the mean over the run's curve points (the seed-0 run of each method and trial),
+    early (first point) → late (mean of the last half) for the norm; ``|∇ fKL|`` is the norm of
+    plain forward KL's gradient on the same batches, for scale."""
+    lines = [
+        "| student | method | term | ‖∇term‖ first → late | cos with ∇fKL | cos with ∇total | ‖∇fKL‖ late |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    seen = False
+    for r in rows:
+        if r["seed"] != min(x["seed"] for x in rows if x["method"] == r["method"]):
+            continue
+        pts = [c for c in r["curve"] if "grad/fkl_ref" in c]
+        if not pts:
+            continue
+        late = pts[len(pts) // 2 :]
+        terms = [k.removeprefix("grad/") for k in pts[0] if k.startswith("grad/") and k != "grad/fkl_ref"]
+        name = f"{r['display']} {r.get('trial', '')}".strip()
+        ref = statistics.mean(c["grad/fkl_ref"] for c in late)
+        for t in terms:
+            if not all(f"grad/{t}" in c for c in pts):
+                continue
+            g0, gl = pts[0][f"grad/{t}"], statistics.mean(c[f"grad/{t}"] for c in late)
+            cf = statistics.mean(c[f"cos_fkl/{t}"] for c in pts)
+            ct = statistics.mean(c[f"cos_total/{t}"] for c in pts)
+            lines.append(
+                f"| {r['student']} | {name} | {t} | {g0:.3g} → {gl:.3g} | {cf:+.3f} | {ct:+.3f} | {ref:.3g} |"
+            )
+            seen = True
+    return "\n".join(lines) + "\n" if seen else ""
+
+
 def write_results(
     results: Path, stage: str, rows: list[dict[str, Any]], teacher: dict[str, Any] | None
 ) -> None:
@@ -727,7 +761,11 @@ def write_results(
             ]
         )
     (results / f"{stage}.csv").write_text(buf.getvalue())
-    (results / f"{stage}.md").write_text(markdown_tables(rows, teacher))
+    probes = probe_table(rows)
+    text = markdown_tables(rows, teacher)
+    if probes:
+        text += "\n**Gradient probe** (per loss term, on the student logits; `probe_table`)\n\n" + probes
+    (results / f"{stage}.md").write_text(text)
 
 
 def plot_stage(results: Path, stage: str, img_dir: Path) -> list[Path]:
