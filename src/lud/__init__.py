@@ -3,4 +3,4 @@
 #: The package version, written in this one place (pyproject.toml reads it). Policy: a change of
 #: any default — a loss's resolved parameters (pinned by tests/fixtures/loss_defaults.json), a
 #: packaged config — bumps it, and CHANGELOG.md says what changed.
-__version__ = "0.2.0"
+__version__ = "0.3.0"
