@@ -10,7 +10,8 @@ through small features:
 
 * ``cs``: the full-vocabulary student probabilities (at the per-row dynamic temperature) of the
   restricted class set K, plus the folded tail — ``(N, |K|+1)``, |K| <= ``max_categories``;
-* ``qs``: the full probability rows of the ``sample_max_rows`` rows SDL sees — ``(m, V)``;
+* ``qs``: the full probability rows of the ``sample_max_rows`` rows SDL sees — ``(m, V)``, which
+  SDL sees only through their Gram matrix ``qs qs^T`` ``(m, m)``;
 * the per-row cross-entropy and instance KL, and the per-row temperature (detached).
 
 The passes (each over chunks of ``chunk_size`` valid tokens; the student logits of a chunk are
@@ -22,9 +23,11 @@ recomputed from the hidden states in the fused path, sliced in the chunked path)
    ``rank_inverse``), then ``cs``, ``ct``, ``qs``, ``qt``, the per-row CE and KL, the class
    confidences; then thresholds, masks, weights (the module's own ``_thresholds``, so running
    thresholds move exactly once per call) and the rank terms on the small features, with autograd
-   giving their gradient w.r.t. ``cs`` and ``qs``;
+   giving their gradient w.r.t. ``cs`` and the student Gram matrix ``Gs = qs qs^T`` (the teacher's
+   rows ``qt`` are freed once their Gram matrix is formed);
 3. *gradient*: per chunk, the chunk's CE and KL sums (over the global count / weight sum) plus
-   ``<cs_chunk, dL/dcs_chunk> + <qs_chunk, dL/dqs_chunk>`` are differentiated w.r.t. the chunk
+   ``<cs_chunk, dL/dcs_chunk> + <qs_chunk, dL/dqs_chunk>`` (with ``dL/dqs = (dL/dGs +
+   dL/dGs^T) qs`` formed for the chunk's SDL rows only) are differentiated w.r.t. the chunk
    logits — the chain rule through the fixed statistics — and pushed into the hidden states and
    weight (or into one ``(N, V)`` logits gradient).
 
@@ -175,7 +178,11 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
     ce_rows = torch.zeros(n, dtype=torch.float32, device=device)
     kl_rows = torch.zeros(n, dtype=torch.float32, device=device)
     t_rows = torch.zeros(n, dtype=torch.float32, device=device)
-    cs_parts, ct_parts, qs_parts, qt_parts = [], [], [], []
+    cs_parts, ct_parts = [], []
+    qs = qt = None
+    if want_q:  # the SDL rows, written in place (no list of pieces, no copy)
+        qs = torch.empty(q_index.shape[0], teacher.shape[1], dtype=torch.float32, device=device)
+        qt = torch.empty_like(qs)
     cconf_sum: Tensor | None = None
     with torch.no_grad():
         for start in range(0, n, chunk):
@@ -205,11 +212,12 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
                 ct_parts.append(log_pt.exp() if cols is None
                                 else restrict_columns(log_pt, cols, fold, log=True))
             if want_q:
+                assert qs is not None and qt is not None
                 pos = q_pos[start:end]
                 sel = (pos >= 0).nonzero().squeeze(1)
                 if sel.numel():
-                    qs_parts.append((pos[sel], log_ps.index_select(0, sel).exp()))
-                    qt_parts.append((pos[sel], log_pt.index_select(0, sel).exp()))
+                    qs.index_copy_(0, pos[sel], log_ps.index_select(0, sel).exp_())
+                    qt.index_copy_(0, pos[sel], log_pt.index_select(0, sel).exp_())
     assert cconf_sum is not None
     cconf = cconf_sum / n
 
@@ -256,16 +264,15 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
     ct = torch.cat(ct_parts) if need_cols else None
     cs_parts.clear()
     ct_parts.clear()  # the pieces are copied: free them
-    qs = qt = None
+    # SDL sees qs only through its Gram matrix Gs = qs qs^T: Gs is the leaf, and the gradient
+    # w.r.t. the SDL rows is (dL/dGs + dL/dGs^T) @ qs, formed per chunk in pass 3
+    gram_s = gram_t = None
     if want_q:
-        m = q_index.shape[0]
-        qs = torch.empty(m, teacher.shape[1], dtype=torch.float32, device=device)
-        qt = torch.empty_like(qs)
-        for (pos, x), (_, y) in zip(qs_parts, qt_parts):
-            qs[pos], qt[pos] = x, y
-        qs_parts.clear()
-        qt_parts.clear()
-        qs.requires_grad_(True)
+        assert qs is not None and qt is not None
+        with torch.no_grad():
+            gram_t = qt @ qt.t()
+            qt = None  # only qs is needed from here on
+            gram_s = (qs @ qs.t()).requires_grad_(True)
     rank_terms: list[Tensor] = []
     with torch.enable_grad():
         if loss.cdl_weight > 0:
@@ -275,11 +282,11 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
             terms["cdl"] = ramp * loss.cdl_weight * val
             stats["rho_cdl"] = rho_c
         if loss.sdl_weight > 0:
-            assert qs is not None and qt is not None
+            assert gram_s is not None and gram_t is not None
             w = u * (smask if loss.sample_mask else ones_s)
             if sdl_rows is not None:
                 w = w[sdl_rows]
-            val, rho_c = rank_term(gram_correlation_loss, qs @ qs.t(), qt @ qt.t(), w, rkw)
+            val, rho_c = rank_term(gram_correlation_loss, gram_s, gram_t, w, rkw)
             terms["sdl"] = ramp * loss.sdl_weight * val
             stats["rho_sdl"] = rho_c
         n_classes = cconf.shape[0]
@@ -297,17 +304,20 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
             terms["intra"] = rel * loss.intra_weight * val
             stats["rho_intra"] = rho_c
         rank_terms = [terms[k] for k in ("cdl", "sdl", "inter", "intra") if k in terms]
-        g_cs = g_qs = None
-        leaves = [x for x in (cs, qs) if x is not None]
+        g_cs = g_gram = None
+        leaves = [x for x in (cs, gram_s) if x is not None]
         if with_grad and rank_terms and leaves:
             rank_sum = torch.stack([torch.as_tensor(x, device=device) for x in rank_terms]).sum()
             if rank_sum.requires_grad:
                 grads = torch.autograd.grad(rank_sum, leaves, allow_unused=True)
                 it = iter(grads)
                 g_cs = next(it) if cs is not None else None
-                g_qs = next(it) if qs is not None else None
-
-    cs = ct = qs = qt = None  # pass 3 needs only their gradients
+                g_gram = next(it) if gram_s is not None else None
+    if g_gram is not None:
+        g_gram = g_gram + g_gram.t()  # d<Gs, g>/d qs = (g + g^T) qs
+    cs = ct = gram_s = gram_t = None  # pass 3 needs g_cs, g_gram and qs
+    if g_gram is None:
+        qs = None
     # pass 3: per chunk, the chain rule through the fixed statistics into the chunk's logits
     if with_grad:
         w_scaled = loss.instance_weight * w_inst * t_rows.pow(2) / inst_den
@@ -330,12 +340,13 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
                     c = (log_ps.exp() if cols is None
                          else restrict_columns(log_ps, cols, fold, log=True))
                     parts.append((c * g_cs[start:end]).sum())
-                if g_qs is not None:
+                if g_gram is not None:
+                    assert qs is not None
                     pos = q_pos[start:end]
                     sel = (pos >= 0).nonzero().squeeze(1)
                     if sel.numel():
                         q = log_ps.index_select(0, sel).exp()
-                        parts.append((q * g_qs[pos[sel]]).sum())
+                        parts.append((q * (g_gram.index_select(0, pos[sel]) @ qs)).sum())
                 if not parts:
                     continue
                 surrogate = torch.stack(parts).sum()
