@@ -29,7 +29,9 @@ recomputed from the hidden states in the fused path, sliced in the chunked path)
    ``<cs_chunk, dL/dcs_chunk> + <qs_chunk, dL/dqs_chunk>`` (with ``dL/dqs = (dL/dGs +
    dL/dGs^T) qs`` formed for the chunk's SDL rows only) are differentiated w.r.t. the chunk
    logits — the chain rule through the fixed statistics — and pushed into the hidden states and
-   weight (or into one ``(N, V)`` logits gradient).
+   weight (or into one ``(N, V)`` logits gradient). The derivative is written in closed form
+   (:func:`_chunk_gradient`; every configuration the path accepts), not built by autograd: no
+   graph over several ``(chunk, V)`` tensors, at most four of them alive at once.
 
 Every statistic is detached in :class:`~lud.losses.lud.LUDLoss` too (confidences, thresholds,
 masks, ``u``, ``v``, temperatures, the class set, the SDL rows), so fixing them between passes is
@@ -134,6 +136,79 @@ def _teacher_pass(loss: LUDLoss, teacher: Tensor, rows: Tensor | None, n: int, c
 
 def _chunk_log_probs(zs: Tensor, zt: Tensor, temp: Tensor) -> tuple[Tensor, Tensor]:
     return F.log_softmax(zs / temp, dim=1), F.log_softmax(zt / temp, dim=1)
+
+
+def _softmax_(x: Tensor) -> Tensor:
+    """Row softmax of ``x`` in place (no second ``(n, V)`` buffer); returns ``x``."""
+    x.sub_(x.amax(dim=1, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=1, keepdim=True))
+
+
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(1, keepdim=True)`` without the ``(n, V)`` product."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).squeeze(2)
+
+
+def _chunk_gradient(zs: Tensor, teacher_rows: Any, start: int, end: int, temp: Tensor,
+                    y: Tensor | None, ce_scale: float, w_inst_t2: Tensor | None,
+                    g_c: Tensor | None, cols: Tensor | None, fold: bool,
+                    g_gram: Tensor | None, qs: Tensor | None, pos: Tensor | None,
+                    sel: Tensor | None) -> Tensor:
+    """The gradient of LUD w.r.t. one chunk's student logits ``zs`` ``(c, V)``, all batch
+    statistics fixed, in closed form (no autograd graph; at most four ``(c, V)`` buffers).
+
+    With ``p = softmax(zs / T)`` (per-row ``temp``) and ``q = softmax(zs)``:
+
+    * cross-entropy (``y`` given; rows ``-100`` contribute 0): ``ce_scale (q - onehot(y))``;
+    * instance term, row weight ``w_inst_t2 = λ w T² / Σw``: ``w_inst_t2 (p - p_t) / T``;
+    * a surrogate ``<f(p), g>`` of the rank terms, ``h = dL/dp`` ``(c, V)``:
+      ``p ⊙ (h − <p, h>) / T``. Class features (``g_c``, the gradient w.r.t. the restricted
+      columns ``cols`` plus, with ``fold``, the tail ``clamp(1 − Σ_K p, 0)``): ``h`` is
+      ``g_c[:, k] − g_tail·[1 − Σ_K p ≥ 0]`` on column ``cols[k]`` and 0 elsewhere (without
+      ``cols``, ``h = g_c``). SDL rows (``sel``: rows of the chunk, ``pos``: their SDL indices):
+      ``h = (dL/dGs + dL/dGs^T)[pos] @ qs`` with ``g_gram`` already symmetrised. The rank
+      terms' ``rank_scale="log"`` is inside ``g_c`` / ``g_gram`` (taken w.r.t. probabilities).
+    """
+    grad: Tensor | None = None
+    if y is not None:  # cross-entropy at T = 1
+        grad = torch.softmax(zs, dim=1)
+        keep = (y != IGNORE_INDEX).to(grad.dtype)
+        grad.mul_((ce_scale * keep).unsqueeze(1))
+        rows = torch.arange(grad.shape[0], device=grad.device)
+        grad.index_put_((rows, y.clamp_min(0)), -ce_scale * keep, accumulate=True)
+    inv_t = temp.reciprocal()
+    p = _softmax_(zs / temp)
+    del zs
+    if w_inst_t2 is not None:
+        pt = _softmax_(teacher_rows(start, end) / temp)
+        pt.sub_(p).mul_(-(w_inst_t2.unsqueeze(1) * inv_t))  # w T (p - p_t)
+        grad = pt if grad is None else grad.add_(pt)
+        del pt
+    if grad is None:
+        grad = torch.zeros_like(p)
+    if g_c is not None:
+        if cols is None:
+            h = g_c - _row_dot(p, g_c)
+            grad.addcmul_(h.mul_(p), inv_t)
+            del h
+        else:
+            size = cols.shape[0]
+            p_k = p.index_select(1, cols)
+            h_k = g_c[:, :size]
+            if fold:  # d tail / d p_k = -1 where 1 - sum_K p >= 0 (clamp_min's gradient)
+                live = ((1.0 - p_k.sum(dim=1, keepdim=True)) >= 0).to(h_k.dtype)
+                h_k = h_k - g_c[:, size:] * live
+            grad.addcmul_(p, -_row_dot(p_k, h_k) * inv_t)
+            grad.index_add_(1, cols, p_k * h_k * inv_t)
+    if g_gram is not None and sel is not None and sel.numel():
+        assert qs is not None and pos is not None
+        p_sel = p.index_select(0, sel)
+        del p
+        t_sel = inv_t if inv_t.shape[0] == 1 else inv_t.index_select(0, sel)
+        h = g_gram.index_select(0, pos[sel]) @ qs
+        h.sub_(_row_dot(p_sel, h)).mul_(p_sel).mul_(t_sel)
+        grad.index_add_(0, sel, h)
+    return grad
 
 
 def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
@@ -319,38 +394,24 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
     if g_gram is None:
         qs = None
     # pass 3: per chunk, the chain rule through the fixed statistics into the chunk's logits
-    if with_grad:
-        w_scaled = loss.instance_weight * w_inst * t_rows.pow(2) / inst_den
+    if with_grad and (loss.ce_weight > 0 or loss.instance_weight > 0 or g_cs is not None
+                      or g_gram is not None):
+        # the instance term is sum_i w_i T_i^2 KL_i / sum(w); dKL_i/dz_i = (p_s - p_t) / T_i
+        w_inst_t2 = loss.instance_weight * w_inst * t_rows.pow(2) / inst_den
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
-            with torch.enable_grad():
-                zs = src.logits(start, end).requires_grad_(True)
-                zt = teacher_rows(start, end)
-                temp = fixed if mode == "off" else temp_all[start:end]  # type: ignore[index]
-                log_ps, log_pt = _chunk_log_probs(zs, zt, temp)
-                parts = []
-                if loss.ce_weight > 0:
-                    assert targets is not None
-                    ce = F.cross_entropy(zs, targets[start:end], reduction="none")
-                    parts.append(ce_scale * ce.sum())
-                if loss.instance_weight > 0:
-                    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(dim=1)
-                    parts.append((w_scaled[start:end] * kl).sum())
-                if g_cs is not None:
-                    c = (log_ps.exp() if cols is None
-                         else restrict_columns(log_ps, cols, fold, log=True))
-                    parts.append((c * g_cs[start:end]).sum())
-                if g_gram is not None:
-                    assert qs is not None
-                    pos = q_pos[start:end]
-                    sel = (pos >= 0).nonzero().squeeze(1)
-                    if sel.numel():
-                        q = log_ps.index_select(0, sel).exp()
-                        parts.append((q * (g_gram.index_select(0, pos[sel]) @ qs)).sum())
-                if not parts:
-                    continue
-                surrogate = torch.stack(parts).sum()
-            (grad,) = torch.autograd.grad(surrogate, zs)
+            temp = fixed if mode == "off" else temp_all[start:end]  # type: ignore[index]
+            pos = sel = None
+            if g_gram is not None:
+                pos = q_pos[start:end]
+                sel = (pos >= 0).nonzero().squeeze(1)
+            with torch.no_grad():
+                grad = _chunk_gradient(
+                    src.logits(start, end), teacher_rows, start, end, temp,
+                    None if targets is None or loss.ce_weight <= 0 else targets[start:end],
+                    ce_scale, w_inst_t2[start:end] if loss.instance_weight > 0 else None,
+                    None if g_cs is None else g_cs[start:end], cols, fold,
+                    g_gram, qs, pos, sel)
             src.accumulate(start, end, grad)
 
     t_all = fixed if mode == "off" else temp_all
