@@ -293,6 +293,7 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
                 if sel.numel():
                     qs.index_copy_(0, pos[sel], log_ps.index_select(0, sel).exp_())
                     qt.index_copy_(0, pos[sel], log_pt.index_select(0, sel).exp_())
+            del zs, zt, log_ps, log_pt, p_base, part  # not alive into the next chunk or pass 3
     assert cconf_sum is not None
     cconf = cconf_sum / n
 
@@ -413,6 +414,7 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
                     None if g_cs is None else g_cs[start:end], cols, fold,
                     g_gram, qs, pos, sel)
             src.accumulate(start, end, grad)
+            del grad  # not alive while the next chunk's logits are computed
 
     t_all = fixed if mode == "off" else temp_all
     assert t_all is not None
