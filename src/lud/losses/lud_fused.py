@@ -152,8 +152,7 @@ def _row_dot(a: Tensor, b: Tensor) -> Tensor:
 def _chunk_gradient(zs: Tensor, teacher_rows: Any, start: int, end: int, temp: Tensor,
                     y: Tensor | None, ce_scale: float, w_inst_t2: Tensor | None,
                     g_c: Tensor | None, cols: Tensor | None, fold: bool,
-                    g_gram: Tensor | None, qs: Tensor | None, pos: Tensor | None,
-                    sel: Tensor | None) -> Tensor:
+                    g_rows: Tensor | None, qs: Tensor | None, sel: Tensor | None) -> Tensor:
     """The gradient of LUD w.r.t. one chunk's student logits ``zs`` ``(c, V)``, all batch
     statistics fixed, in closed form (no autograd graph; at most four ``(c, V)`` buffers).
 
@@ -165,9 +164,9 @@ def _chunk_gradient(zs: Tensor, teacher_rows: Any, start: int, end: int, temp: T
       ``p ⊙ (h − <p, h>) / T``. Class features (``g_c``, the gradient w.r.t. the restricted
       columns ``cols`` plus, with ``fold``, the tail ``clamp(1 − Σ_K p, 0)``): ``h`` is
       ``g_c[:, k] − g_tail·[1 − Σ_K p ≥ 0]`` on column ``cols[k]`` and 0 elsewhere (without
-      ``cols``, ``h = g_c``). SDL rows (``sel``: rows of the chunk, ``pos``: their SDL indices):
-      ``h = (dL/dGs + dL/dGs^T)[pos] @ qs`` with ``g_gram`` already symmetrised. The rank
-      terms' ``rank_scale="log"`` is inside ``g_c`` / ``g_gram`` (taken w.r.t. probabilities).
+      ``cols``, ``h = g_c``). SDL rows (``sel``: rows of the chunk): ``h = g_rows @ qs`` with
+      ``g_rows`` their rows of ``dL/dGs + dL/dGs^T``. The rank
+      terms' ``rank_scale="log"`` is inside ``g_c`` / ``g_rows`` (taken w.r.t. probabilities).
     """
     grad: Tensor | None = None
     if y is not None:  # cross-entropy at T = 1
@@ -200,12 +199,12 @@ def _chunk_gradient(zs: Tensor, teacher_rows: Any, start: int, end: int, temp: T
                 h_k = h_k - g_c[:, size:] * live
             grad.addcmul_(p, -_row_dot(p_k, h_k) * inv_t)
             grad.index_add_(1, cols, p_k * h_k * inv_t)
-    if g_gram is not None and sel is not None and sel.numel():
-        assert qs is not None and pos is not None
+    if g_rows is not None and sel is not None and sel.numel():
+        assert qs is not None
         p_sel = p.index_select(0, sel)
         del p
         t_sel = inv_t if inv_t.shape[0] == 1 else inv_t.index_select(0, sel)
-        h = g_gram.index_select(0, pos[sel]) @ qs
+        h = g_rows @ qs
         h.sub_(_row_dot(p_sel, h)).mul_(p_sel).mul_(t_sel)
         grad.index_add_(0, sel, h)
     return grad
@@ -246,8 +245,15 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
     want_q = loss.sdl_weight > 0
     if want_q:
         q_index = torch.arange(n, device=device) if sdl_rows is None else sdl_rows
-        q_pos = torch.full((n,), -1, dtype=torch.long, device=device)
-        q_pos[q_index] = torch.arange(q_index.shape[0], device=device)
+        # q_index is sorted: the SDL rows of chunk [start, end) are the contiguous block
+        # [bounds[j], bounds[j + 1]) of qs (one device sync for all chunks)
+        bounds = torch.searchsorted(q_index, torch.arange(0, n + chunk, chunk, device=device)
+                                    .clamp_max(n)).tolist()
+
+    def q_block(start: int) -> tuple[int, int, Tensor]:
+        """The chunk's SDL rows: their block [lo, hi) of qs and their rows in the chunk."""
+        lo, hi = bounds[start // chunk], bounds[start // chunk + 1]
+        return lo, hi, q_index[lo:hi] - start
 
     # pass 2: features without gradient
     ce_rows = torch.zeros(n, dtype=torch.float32, device=device)
@@ -288,11 +294,10 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
                                 else restrict_columns(log_pt, cols, fold, log=True))
             if want_q:
                 assert qs is not None and qt is not None
-                pos = q_pos[start:end]
-                sel = (pos >= 0).nonzero().squeeze(1)
-                if sel.numel():
-                    qs.index_copy_(0, pos[sel], log_ps.index_select(0, sel).exp_())
-                    qt.index_copy_(0, pos[sel], log_pt.index_select(0, sel).exp_())
+                lo, hi, sel = q_block(start)
+                if hi > lo:  # written in place: no (rows, V) temporary
+                    torch.index_select(log_ps, 0, sel, out=qs[lo:hi]).exp_()
+                    torch.index_select(log_pt, 0, sel, out=qt[lo:hi]).exp_()
             del zs, zt, log_ps, log_pt, p_base, part  # not alive into the next chunk or pass 3
     assert cconf_sum is not None
     cconf = cconf_sum / n
@@ -402,17 +407,17 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
             temp = fixed if mode == "off" else temp_all[start:end]  # type: ignore[index]
-            pos = sel = None
+            g_rows = sel = None
             if g_gram is not None:
-                pos = q_pos[start:end]
-                sel = (pos >= 0).nonzero().squeeze(1)
+                lo, hi, sel = q_block(start)
+                g_rows = g_gram[lo:hi]
             with torch.no_grad():
                 grad = _chunk_gradient(
                     src.logits(start, end), teacher_rows, start, end, temp,
                     None if targets is None or loss.ce_weight <= 0 else targets[start:end],
                     ce_scale, w_inst_t2[start:end] if loss.instance_weight > 0 else None,
                     None if g_cs is None else g_cs[start:end], cols, fold,
-                    g_gram, qs, pos, sel)
+                    g_rows, qs, sel)
             src.accumulate(start, end, grad)
             del grad  # not alive while the next chunk's logits are computed
 
