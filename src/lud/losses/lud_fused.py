@@ -180,7 +180,7 @@ def _chunk_gradient(zs: Tensor, teacher_rows: Any, start: int, end: int, temp: T
     del zs
     if w_inst_t2 is not None:
         pt = _softmax_(teacher_rows(start, end) / temp)
-        pt.sub_(p).mul_(-(w_inst_t2.unsqueeze(1) * inv_t))  # w T (p - p_t)
+        pt.sub_(p).mul_(-(w_inst_t2.unsqueeze(1) * inv_t))  # w_inst_t2 (p - p_t) / T
         grad = pt if grad is None else grad.add_(pt)
         del pt
     if grad is None:
