@@ -102,3 +102,66 @@ def test_fused_path_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="category_top_k or sample_max_rows"):
         DistillationTrainer(model=_gpt2(1, 2), teacher_model=_gpt2(1, 1), loss="lud",
                             args=_args(tmp_path), fused_chunk_size=8)
+
+
+def _uneven_rows() -> list[dict[str, torch.Tensor]]:
+    """Four sequences whose valid positions differ (padding, -100 labels): micro-batches of two
+    hold 10 + 6 and 11 + 3 scored positions after the shift."""
+    g = torch.Generator().manual_seed(5)
+    rows = []
+    for first_valid, last in [(2, 12), (6, 12), (1, 12), (9, 12)]:
+        ids = torch.randint(0, VOCAB, (SEQ,), generator=g)
+        labels = torch.full((SEQ,), -100)
+        labels[first_valid:last] = ids[first_valid:last]
+        mask = torch.ones(SEQ, dtype=torch.long)
+        if first_valid >= 6:  # left padding: the padded positions are masked and unscored
+            mask[:first_valid - 1] = 0
+        rows.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return rows
+
+
+class _InOrder(DistillationTrainer):
+    def _get_train_sampler(self, *args, **kwargs):  # the rows in order: known micro-batches
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+
+def _one_sgd_step(tmp_path: Path, loss, chunk, batch: int, accumulate: int) -> dict:
+    """The parameter change of one optimizer step (plain SGD, lr 1: minus the accumulated
+    gradient) over the four rows of :func:`_uneven_rows`."""
+    student, teacher = _gpt2(1, seed=2), _gpt2(2, seed=1)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    kw = {"loss": loss} if isinstance(loss, DistillationLoss) else {
+        "loss": "lud", "loss_params": loss}
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulate, max_grad_norm=0.0, report_to=[], use_cpu=True,
+        disable_tqdm=True, save_strategy="no")
+    optimizer = torch.optim.SGD(student.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    trainer = _InOrder(model=student, teacher_model=teacher, args=args, train_dataset=_uneven_rows(),
+                       optimizers=(optimizer, scheduler), fused_chunk_size=chunk, **kw)
+    assert trainer.token_normalization
+    trainer.train()
+    return {n: p.detach() - before[n] for n, p in student.named_parameters()}
+
+
+def _assert_same_update(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    assert max(float(d.abs().max()) for d in want.values()) > 1e-4  # a real step was taken
+    for name, d in want.items():
+        torch.testing.assert_close(got[name], d, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("loss", ["token_kl", "lud"])
+def test_fused_gradient_accumulation_equals_the_unfused_step(tmp_path: Path, loss: str) -> None:
+    """Two micro-batches with different numbers of valid tokens, token_normalization on: the fused
+    path's optimizer step equals the unfused trainer's; for a token mean both equal one batch
+    twice the size."""
+    def make():
+        return TokenKL() if loss == "token_kl" else {"category_top_k": 4, "sample_max_rows": 8}
+
+    want = _one_sgd_step(tmp_path, make(), None, batch=2, accumulate=2)
+    got = _one_sgd_step(tmp_path, make(), 5, batch=2, accumulate=2)
+    _assert_same_update(got, want)
+    if loss == "token_kl":
+        _assert_same_update(_one_sgd_step(tmp_path, make(), 5, batch=4, accumulate=1), want)

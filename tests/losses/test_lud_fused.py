@@ -36,6 +36,16 @@ CONFIGS = [
      "rank_method": "pearson", "temperature_map": "released", "threshold": "fixed",
      "mask_direction": "uncertain", "uncertainty_weighting": False},
     {"category_top_k": 3, "sample_max_rows": 8, "preset": "paper"},
+    # no SDL, no CE (the gradient starts from the instance term), masks on, the paper's map
+    {"category_top_k": 3, "sample_max_rows": 8, "sdl_weight": 0.0, "ce_weight": 0.0,
+     "temperature_map": "paper", "class_mask": True, "sample_mask": True},
+    # SDL alone (no CE, instance or class term) at a fixed T = 2, log-scale ranks
+    {"category_top_k": 3, "sample_max_rows": 8, "ce_weight": 0.0, "instance_weight": 0.0,
+     "cdl_weight": 0.0, "inter_weight": 0.0, "intra_weight": 0.0, "dynamic_temperature": "off",
+     "temperature": 2.0, "rank_scale": "log"},
+    # the class terms alone, tail dropped, a batch-relative map
+    {"category_top_k": 2, "max_categories": 5, "category_tail": "drop", "sdl_weight": 0.0,
+     "temperature_map": "minmax", "rank_scale": "log"},
 ]
 
 

@@ -10,7 +10,8 @@ through small features:
 
 * ``cs``: the full-vocabulary student probabilities (at the per-row dynamic temperature) of the
   restricted class set K, plus the folded tail — ``(N, |K|+1)``, |K| <= ``max_categories``;
-* ``qs``: the full probability rows of the ``sample_max_rows`` rows SDL sees — ``(m, V)``;
+* ``qs``: the full probability rows of the ``sample_max_rows`` rows SDL sees — ``(m, V)``, which
+  SDL sees only through their Gram matrix ``qs qs^T`` ``(m, m)``;
 * the per-row cross-entropy and instance KL, and the per-row temperature (detached).
 
 The passes (each over chunks of ``chunk_size`` valid tokens; the student logits of a chunk are
@@ -22,11 +23,15 @@ recomputed from the hidden states in the fused path, sliced in the chunked path)
    ``rank_inverse``), then ``cs``, ``ct``, ``qs``, ``qt``, the per-row CE and KL, the class
    confidences; then thresholds, masks, weights (the module's own ``_thresholds``, so running
    thresholds move exactly once per call) and the rank terms on the small features, with autograd
-   giving their gradient w.r.t. ``cs`` and ``qs``;
+   giving their gradient w.r.t. ``cs`` and the student Gram matrix ``Gs = qs qs^T`` (the teacher's
+   rows ``qt`` are freed once their Gram matrix is formed);
 3. *gradient*: per chunk, the chunk's CE and KL sums (over the global count / weight sum) plus
-   ``<cs_chunk, dL/dcs_chunk> + <qs_chunk, dL/dqs_chunk>`` are differentiated w.r.t. the chunk
+   ``<cs_chunk, dL/dcs_chunk> + <qs_chunk, dL/dqs_chunk>`` (with ``dL/dqs = (dL/dGs +
+   dL/dGs^T) qs`` formed for the chunk's SDL rows only) are differentiated w.r.t. the chunk
    logits — the chain rule through the fixed statistics — and pushed into the hidden states and
-   weight (or into one ``(N, V)`` logits gradient).
+   weight (or into one ``(N, V)`` logits gradient). The derivative is written in closed form
+   (:func:`_chunk_gradient`; every configuration the path accepts), not built by autograd: no
+   graph over several ``(chunk, V)`` tensors, at most four of them alive at once.
 
 Every statistic is detached in :class:`~lud.losses.lud.LUDLoss` too (confidences, thresholds,
 masks, ``u``, ``v``, temperatures, the class set, the SDL rows), so fixing them between passes is
@@ -134,6 +139,78 @@ def _chunk_log_probs(zs: Tensor, zt: Tensor, temp: Tensor) -> tuple[Tensor, Tens
     return F.log_softmax(zs / temp, dim=1), F.log_softmax(zt / temp, dim=1)
 
 
+def _softmax_(x: Tensor) -> Tensor:
+    """Row softmax of ``x`` in place (no second ``(n, V)`` buffer); returns ``x``."""
+    x.sub_(x.amax(dim=1, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=1, keepdim=True))
+
+
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(1, keepdim=True)`` without the ``(n, V)`` product."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).squeeze(2)
+
+
+def _chunk_gradient(zs: Tensor, teacher_rows: Any, start: int, end: int, temp: Tensor,
+                    y: Tensor | None, ce_scale: float, w_inst_t2: Tensor | None,
+                    g_c: Tensor | None, cols: Tensor | None, fold: bool,
+                    g_rows: Tensor | None, qs: Tensor | None, sel: Tensor | None) -> Tensor:
+    """The gradient of LUD w.r.t. one chunk's student logits ``zs`` ``(c, V)``, all batch
+    statistics fixed, in closed form (no autograd graph; at most four ``(c, V)`` buffers).
+
+    With ``p = softmax(zs / T)`` (per-row ``temp``) and ``q = softmax(zs)``:
+
+    * cross-entropy (``y`` given; rows ``-100`` contribute 0): ``ce_scale (q - onehot(y))``;
+    * instance term, row weight ``w_inst_t2 = λ w T² / Σw``: ``w_inst_t2 (p - p_t) / T``;
+    * a surrogate ``<f(p), g>`` of the rank terms, ``h = dL/dp`` ``(c, V)``:
+      ``p ⊙ (h − <p, h>) / T``. Class features (``g_c``, the gradient w.r.t. the restricted
+      columns ``cols`` plus, with ``fold``, the tail ``clamp(1 − Σ_K p, 0)``): ``h`` is
+      ``g_c[:, k] − g_tail·[1 − Σ_K p ≥ 0]`` on column ``cols[k]`` and 0 elsewhere (without
+      ``cols``, ``h = g_c``). SDL rows (``sel``: rows of the chunk): ``h = g_rows @ qs`` with
+      ``g_rows`` their rows of ``dL/dGs + dL/dGs^T``. The rank
+      terms' ``rank_scale="log"`` is inside ``g_c`` / ``g_rows`` (taken w.r.t. probabilities).
+    """
+    grad: Tensor | None = None
+    if y is not None:  # cross-entropy at T = 1
+        grad = torch.softmax(zs, dim=1)
+        keep = (y != IGNORE_INDEX).to(grad.dtype)
+        grad.mul_((ce_scale * keep).unsqueeze(1))
+        rows = torch.arange(grad.shape[0], device=grad.device)
+        grad.index_put_((rows, y.clamp_min(0)), -ce_scale * keep, accumulate=True)
+    inv_t = temp.reciprocal()
+    p = _softmax_(zs / temp)
+    del zs
+    if w_inst_t2 is not None:
+        pt = _softmax_(teacher_rows(start, end) / temp)
+        pt.sub_(p).mul_(-(w_inst_t2.unsqueeze(1) * inv_t))  # w_inst_t2 (p - p_t) / T
+        grad = pt if grad is None else grad.add_(pt)
+        del pt
+    if grad is None:
+        grad = torch.zeros_like(p)
+    if g_c is not None:
+        if cols is None:
+            h = g_c - _row_dot(p, g_c)
+            grad.addcmul_(h.mul_(p), inv_t)
+            del h
+        else:
+            size = cols.shape[0]
+            p_k = p.index_select(1, cols)
+            h_k = g_c[:, :size]
+            if fold:  # d tail / d p_k = -1 where 1 - sum_K p >= 0 (clamp_min's gradient)
+                live = ((1.0 - p_k.sum(dim=1, keepdim=True)) >= 0).to(h_k.dtype)
+                h_k = h_k - g_c[:, size:] * live
+            grad.addcmul_(p, -_row_dot(p_k, h_k) * inv_t)
+            grad.index_add_(1, cols, p_k * h_k * inv_t)
+    if g_rows is not None and sel is not None and sel.numel():
+        assert qs is not None
+        p_sel = p.index_select(0, sel)
+        del p
+        t_sel = inv_t if inv_t.shape[0] == 1 else inv_t.index_select(0, sel)
+        h = g_rows @ qs
+        h.sub_(_row_dot(p_sel, h)).mul_(p_sel).mul_(t_sel)
+        grad.index_add_(0, sel, h)
+    return grad
+
+
 def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
              targets: Tensor | None, chunk: int, epoch: Any, with_grad: bool,
              out: dict[str, Any]) -> Tensor:
@@ -169,14 +246,25 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
     want_q = loss.sdl_weight > 0
     if want_q:
         q_index = torch.arange(n, device=device) if sdl_rows is None else sdl_rows
-        q_pos = torch.full((n,), -1, dtype=torch.long, device=device)
-        q_pos[q_index] = torch.arange(q_index.shape[0], device=device)
+        # q_index is sorted: the SDL rows of chunk [start, end) are the contiguous block
+        # [bounds[j], bounds[j + 1]) of qs (one device sync for all chunks)
+        bounds = torch.searchsorted(q_index, torch.arange(0, n + chunk, chunk, device=device)
+                                    .clamp_max(n)).tolist()
+
+    def q_block(start: int) -> tuple[int, int, Tensor]:
+        """The chunk's SDL rows: their block [lo, hi) of qs and their rows in the chunk."""
+        lo, hi = bounds[start // chunk], bounds[start // chunk + 1]
+        return lo, hi, q_index[lo:hi] - start
 
     # pass 2: features without gradient
     ce_rows = torch.zeros(n, dtype=torch.float32, device=device)
     kl_rows = torch.zeros(n, dtype=torch.float32, device=device)
     t_rows = torch.zeros(n, dtype=torch.float32, device=device)
-    cs_parts, ct_parts, qs_parts, qt_parts = [], [], [], []
+    cs_parts, ct_parts = [], []
+    qs = qt = None
+    if want_q:  # the SDL rows, written in place (no list of pieces, no copy)
+        qs = torch.empty(q_index.shape[0], teacher.shape[1], dtype=torch.float32, device=device)
+        qt = torch.empty_like(qs)
     cconf_sum: Tensor | None = None
     with torch.no_grad():
         for start in range(0, n, chunk):
@@ -206,11 +294,12 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
                 ct_parts.append(log_pt.exp() if cols is None
                                 else restrict_columns(log_pt, cols, fold, log=True))
             if want_q:
-                pos = q_pos[start:end]
-                sel = (pos >= 0).nonzero().squeeze(1)
-                if sel.numel():
-                    qs_parts.append((pos[sel], log_ps.index_select(0, sel).exp()))
-                    qt_parts.append((pos[sel], log_pt.index_select(0, sel).exp()))
+                assert qs is not None and qt is not None
+                lo, hi, sel = q_block(start)
+                if hi > lo:  # written in place: no (rows, V) temporary
+                    torch.index_select(log_ps, 0, sel, out=qs[lo:hi]).exp_()
+                    torch.index_select(log_pt, 0, sel, out=qt[lo:hi]).exp_()
+            del zs, zt, log_ps, log_pt, p_base, part  # not alive into the next chunk or pass 3
     assert cconf_sum is not None
     cconf = cconf_sum / n
 
@@ -257,16 +346,15 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
     ct = torch.cat(ct_parts) if need_cols else None
     cs_parts.clear()
     ct_parts.clear()  # the pieces are copied: free them
-    qs = qt = None
+    # SDL sees qs only through its Gram matrix Gs = qs qs^T: Gs is the leaf, and the gradient
+    # w.r.t. the SDL rows is (dL/dGs + dL/dGs^T) @ qs, formed per chunk in pass 3
+    gram_s = gram_t = None
     if want_q:
-        m = q_index.shape[0]
-        qs = torch.empty(m, teacher.shape[1], dtype=torch.float32, device=device)
-        qt = torch.empty_like(qs)
-        for (pos, x), (_, y) in zip(qs_parts, qt_parts):
-            qs[pos], qt[pos] = x, y
-        qs_parts.clear()
-        qt_parts.clear()
-        qs.requires_grad_(True)
+        assert qs is not None and qt is not None
+        with torch.no_grad():
+            gram_t = qt @ qt.t()
+            qt = None  # only qs is needed from here on
+            gram_s = (qs @ qs.t()).requires_grad_(True)
     rank_terms: list[Tensor] = []
     with torch.enable_grad():
         if loss.cdl_weight > 0:
@@ -276,11 +364,11 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
             terms["cdl"] = ramp * loss.cdl_weight * val
             stats["rho_cdl"] = rho_c
         if loss.sdl_weight > 0:
-            assert qs is not None and qt is not None
+            assert gram_s is not None and gram_t is not None
             w = u * (smask if loss.sample_mask else ones_s)
             if sdl_rows is not None:
                 w = w[sdl_rows]
-            val, rho_c = rank_term(gram_correlation_loss, qs @ qs.t(), qt @ qt.t(), w, rkw)
+            val, rho_c = rank_term(gram_correlation_loss, gram_s, gram_t, w, rkw)
             terms["sdl"] = ramp * loss.sdl_weight * val
             stats["rho_sdl"] = rho_c
         n_classes = cconf.shape[0]
@@ -298,50 +386,41 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
             terms["intra"] = rel * loss.intra_weight * val
             stats["rho_intra"] = rho_c
         rank_terms = [terms[k] for k in ("cdl", "sdl", "inter", "intra") if k in terms]
-        g_cs = g_qs = None
-        leaves = [x for x in (cs, qs) if x is not None]
+        g_cs = g_gram = None
+        leaves = [x for x in (cs, gram_s) if x is not None]
         if with_grad and rank_terms and leaves:
             rank_sum = torch.stack([torch.as_tensor(x, device=device) for x in rank_terms]).sum()
             if rank_sum.requires_grad:
                 grads = torch.autograd.grad(rank_sum, leaves, allow_unused=True)
                 it = iter(grads)
                 g_cs = next(it) if cs is not None else None
-                g_qs = next(it) if qs is not None else None
-
-    cs = ct = qs = qt = None  # pass 3 needs only their gradients
+                g_gram = next(it) if gram_s is not None else None
+    if g_gram is not None:
+        g_gram = g_gram + g_gram.t()  # d<Gs, g>/d qs = (g + g^T) qs
+    cs = ct = gram_s = gram_t = None  # pass 3 needs g_cs, g_gram and qs
+    if g_gram is None:
+        qs = None
     # pass 3: per chunk, the chain rule through the fixed statistics into the chunk's logits
-    if with_grad:
-        w_scaled = loss.instance_weight * w_inst * t_rows.pow(2) / inst_den
+    if with_grad and (loss.ce_weight > 0 or loss.instance_weight > 0 or g_cs is not None
+                      or g_gram is not None):
+        # the instance term is sum_i w_i T_i^2 KL_i / sum(w); dKL_i/dz_i = (p_s - p_t) / T_i
+        w_inst_t2 = loss.instance_weight * w_inst * t_rows.pow(2) / inst_den
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
-            with torch.enable_grad():
-                zs = src.logits(start, end).requires_grad_(True)
-                zt = teacher_rows(start, end)
-                temp = fixed if mode == "off" else temp_all[start:end]  # type: ignore[index]
-                log_ps, log_pt = _chunk_log_probs(zs, zt, temp)
-                parts = []
-                if loss.ce_weight > 0:
-                    assert targets is not None
-                    ce = F.cross_entropy(zs, targets[start:end], reduction="none")
-                    parts.append(ce_scale * ce.sum())
-                if loss.instance_weight > 0:
-                    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(dim=1)
-                    parts.append((w_scaled[start:end] * kl).sum())
-                if g_cs is not None:
-                    c = (log_ps.exp() if cols is None
-                         else restrict_columns(log_ps, cols, fold, log=True))
-                    parts.append((c * g_cs[start:end]).sum())
-                if g_qs is not None:
-                    pos = q_pos[start:end]
-                    sel = (pos >= 0).nonzero().squeeze(1)
-                    if sel.numel():
-                        q = log_ps.index_select(0, sel).exp()
-                        parts.append((q * g_qs[pos[sel]]).sum())
-                if not parts:
-                    continue
-                surrogate = torch.stack(parts).sum()
-            (grad,) = torch.autograd.grad(surrogate, zs)
+            temp = fixed if mode == "off" else temp_all[start:end]  # type: ignore[index]
+            g_rows = sel = None
+            if g_gram is not None:
+                lo, hi, sel = q_block(start)
+                g_rows = g_gram[lo:hi]
+            with torch.no_grad():
+                grad = _chunk_gradient(
+                    src.logits(start, end), teacher_rows, start, end, temp,
+                    None if targets is None or loss.ce_weight <= 0 else targets[start:end],
+                    ce_scale, w_inst_t2[start:end] if loss.instance_weight > 0 else None,
+                    None if g_cs is None else g_cs[start:end], cols, fold,
+                    g_rows, qs, sel)
             src.accumulate(start, end, grad)
+            del grad  # not alive while the next chunk's logits are computed
 
     t_all = fixed if mode == "off" else temp_all
     assert t_all is not None
