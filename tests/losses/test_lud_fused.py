@@ -46,6 +46,10 @@ CONFIGS = [
     # the class terms alone, tail dropped, a batch-relative map
     {"category_top_k": 2, "max_categories": 5, "category_tail": "drop", "sdl_weight": 0.0,
      "temperature_map": "minmax", "rank_scale": "log"},
+    # the other confidence measures (sample confidences from pass 1)
+    {"category_top_k": 3, "sample_max_rows": 8, "confidence_measure": "entropy",
+     "instance_mask": True},
+    {"category_top_k": 3, "sample_max_rows": 8, "confidence_measure": "margin"},
 ]
 
 
