@@ -49,7 +49,8 @@ CONFIGS = [
     # the other confidence measures (sample confidences from pass 1)
     {"category_top_k": 3, "sample_max_rows": 8, "confidence_measure": "entropy",
      "instance_mask": True},
-    {"category_top_k": 3, "sample_max_rows": 8, "confidence_measure": "margin"},
+    {"category_top_k": 3, "sample_max_rows": 8, "confidence_measure": "margin",
+     "weight_direction": "uncertain", "mask_direction": "uncertain"},
 ]
 
 

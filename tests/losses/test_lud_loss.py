@@ -1111,3 +1111,22 @@ def test_confidence_measure_changes_weights_and_masks_not_the_default(measure):
 def test_confidence_measure_rejects_unknown_names():
     with pytest.raises(ValueError, match="confidence_measure"):
         build_loss("lud", confidence_measure="variance")
+
+
+def test_weight_direction_uncertain_weighs_the_uncertain_samples_most():
+    from lud.losses.lud import sample_weights
+
+    conf = torch.tensor([0.9, 0.5, 0.1])
+    assert torch.equal(sample_weights(conf), conf / conf.mean())  # the paper's u, unchanged
+    inv = sample_weights(conf, "uncertain")
+    assert torch.allclose(inv, torch.tensor([0.1, 0.5, 0.9]) / 0.5)
+    assert inv.mean().item() == pytest.approx(1.0)
+    assert torch.equal(sample_weights(torch.ones(4), "uncertain"), torch.ones(4))  # all certain
+    torch.manual_seed(4)
+    z, t, y = torch.randn(32, 20), torch.randn(32, 20) * 3, torch.randint(0, 20, (32,))
+    a = build_loss("lud-lm", cdl_weight=0.0, sdl_weight=0.0)(z, t, y)
+    b = build_loss("lud-lm", cdl_weight=0.0, sdl_weight=0.0, weight_direction="uncertain")(z, t, y)
+    assert torch.equal(a.terms["ce"], b.terms["ce"])
+    assert not torch.allclose(a.terms["instance"], b.terms["instance"])
+    with pytest.raises(ValueError, match="weight_direction"):
+        build_loss("lud", weight_direction="both")

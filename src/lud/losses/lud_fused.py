@@ -78,6 +78,7 @@ from .lud import (
     matched_scale,
     relation_rank_loss,
     restrict_columns,
+    sample_weights,
     temperature_correlation,
     weighted_mean,
 )
@@ -313,7 +314,7 @@ def _lud_run(loss: LUDLoss, src: _Source, teacher: Tensor, rows: Tensor | None,
     cmask = confidence_mask(cconf, thr_c, direction, mtype, soft)  # type: ignore[arg-type]
     ones_s, ones_c = torch.ones_like(conf), torch.ones_like(cconf)
     if loss.uncertainty_weighting:
-        u = conf / conf.mean().clamp_min(torch.finfo(conf.dtype).tiny)
+        u = sample_weights(conf, loss.mask_options.weight_direction)
         v = confidence_weights(cconf)
     else:
         u, v = ones_s, ones_c

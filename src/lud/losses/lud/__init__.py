@@ -28,6 +28,7 @@ from .confidence import (
     confidence_mask,
     confidence_of,
     confidence_weights,
+    sample_weights,
     teacher_confidence,
 )
 from .label_space import category_subset, restrict_columns
@@ -62,6 +63,7 @@ __all__ = [
     "confidence_of",
     "confidence_mask",
     "confidence_weights",
+    "sample_weights",
     "dynamic_temperature",
     "gram_correlation_loss",
     "instance_kl",

@@ -24,6 +24,7 @@ __all__ = [
     "confidence_mask",
     "confidence_of",
     "confidence_weights",
+    "sample_weights",
     "teacher_confidence",
 ]
 
@@ -110,6 +111,17 @@ def confidence_mask(
         return torch.sigmoid(sign * (conf - thr) / scale)
     keep = conf > thr if direction == "confident" else conf <= thr
     return keep.to(conf.dtype)
+
+
+def sample_weights(conf: Tensor, direction: MaskDirection = "confident") -> Tensor:
+    """The per-sample uncertainty weights ``u``, mean 1, detached: ``conf / mean(conf)``
+    (``"confident"``, the paper's: trust the teacher where it is certain) or
+    ``(1 − conf) / mean(1 − conf)`` (``"uncertain"``: weigh most the samples it is unsure of).
+    All ones when the mean is 0."""
+    conf = conf.detach()
+    if direction == "confident":  # the original expression: values unchanged
+        return conf / conf.mean().clamp_min(torch.finfo(conf.dtype).tiny)
+    return confidence_weights(1.0 - conf)
 
 
 def confidence_weights(conf: Tensor) -> Tensor:

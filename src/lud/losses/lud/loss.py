@@ -29,6 +29,7 @@ from .confidence import (
     confidence_mask,
     confidence_of,
     confidence_weights,
+    sample_weights,
     teacher_confidence,
 )
 from .label_space import category_subset, restrict_columns, sample_rows
@@ -136,7 +137,7 @@ class LUDLoss(DistillationLoss):
     * :class:`MaskOptions`: ``mask_direction``, ``threshold``, ``quantile``,
       ``threshold_momentum``, ``fixed_threshold``, ``mask_type``, ``mask_softness``,
       ``sample_mask``, ``class_mask``, ``instance_mask``, ``relation_mask``,
-      ``uncertainty_weighting``, ``confidence_measure``;
+      ``uncertainty_weighting``, ``confidence_measure``, ``weight_direction``;
     * :class:`RankOptions`: ``gram_reduction``, ``rank_method``, ``rank_strength``,
       ``rank_backend``, ``teacher_rank``, ``rank_scale``, ``rank_grad_scale``;
     * :class:`LabelSpaceOptions`: ``category_top_k``, ``max_categories``, ``category_tail``,
@@ -181,6 +182,7 @@ class LUDLoss(DistillationLoss):
         instance_mask: bool = False,
         uncertainty_weighting: bool = True,
         confidence_measure: ConfidenceMeasure = "max_prob",
+        weight_direction: MaskDirection = "confident",
         gram_reduction: Reduction = "row",
         rank_method: RankMethod = "soft",
         rank_strength: float = 0.1,
@@ -285,7 +287,7 @@ class LUDLoss(DistillationLoss):
             smask = confidence_mask(conf, thr_s, direction, mtype, soft)
         cmask = confidence_mask(cconf, thr_c, direction, mtype, soft)
         if mo.uncertainty_weighting:
-            u = conf / conf.mean().clamp_min(torch.finfo(conf.dtype).tiny)
+            u = sample_weights(conf, mo.weight_direction)
             v = confidence_weights(cconf)
         else:
             u, v = torch.ones_like(conf), torch.ones_like(cconf)

@@ -200,6 +200,9 @@ class MaskOptions:
             ``"max_prob"`` the teacher's top-1 probability (the paper's), ``"margin"`` top-1 minus
             top-2, ``"entropy"`` ``1 − H/log C`` (:func:`~lud.losses.lud.teacher_confidence`).
             Class confidences are always mean probabilities.
+        weight_direction: ``"confident"`` ``u = conf / mean(conf)`` (the paper's) or
+            ``"uncertain"`` ``u = (1 − conf) / mean(1 − conf)``
+            (:func:`~lud.losses.lud.sample_weights`); class weights ``v`` are unchanged.
     """
 
     mask_direction: MaskDirection = "confident"
@@ -215,8 +218,10 @@ class MaskOptions:
     relation_mask: bool = False
     uncertainty_weighting: bool = True
     confidence_measure: ConfidenceMeasure = "max_prob"
+    weight_direction: MaskDirection = "confident"
 
     def __post_init__(self) -> None:
+        check_choice("weight_direction", self.weight_direction, DIRECTIONS)
         check_choice("mask_direction", self.mask_direction, DIRECTIONS)
         check_choice("confidence_measure", self.confidence_measure, CONFIDENCE_MEASURES)
         check_choice("threshold", self.threshold, THRESHOLDS)
