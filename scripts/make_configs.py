@@ -127,8 +127,8 @@ IMAGENET_DATA = {
     "eval_batch_size": 512,
     "num_workers": 8,
 }
-# ImageNet: the methods whose papers give ImageNet values (the papers' own ImageNet settings), with those values; the
-# others have no ImageNet config.
+# ImageNet: the methods whose papers give ImageNet values (the papers' own ImageNet settings),
+# with those values; the others have no ImageNet config.
 IMAGENET_METHODS: dict[str, dict[str, Any]] = {
     "kd": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5},
     "dkd": {"temperature": 1.0, "alpha": 0.5, "warmup": 1.0},
