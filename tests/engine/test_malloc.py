@@ -52,10 +52,11 @@ def test_keep_freed_memory_removes_the_page_faults_of_reallocation() -> None:
     _, default = _faults("default")
     pages = 40 * 3 * 16 * 2**20 // 4096
     # glibc's default: freed pages fault in again. How many depends on its dynamic mmap/trim
-    # thresholds: on the build VM (2026-12-04, this test's child run by hand) the default faulted
-    # 28,529 of the 491,520 pages touched (5.8 %) and keep_freed_memory left 4,096-8,192; the
-    # figures move between runs, hence the margins
-    assert default > pages // 20, (kept, default)
+    # thresholds: on the build VM (2026-12-04) the default faulted 28,529 of the 491,520 pages
+    # touched (5.8 %, this test's child run by hand) and 16,273 (3.3 %, a CI run beside two busy
+    # processes); keep_freed_memory left 4,096-8,192. The figures move between runs, hence the
+    # margins: the default faults at all (> 2 %), and keeping removes most of it
+    assert default > pages // 50, (kept, default)
     assert kept * 2 < default, (kept, default)  # keep_freed_memory removes most of them
 
 
