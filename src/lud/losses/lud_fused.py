@@ -124,7 +124,8 @@ def _teacher_pass(loss: LUDLoss, teacher: Tensor, rows: Tensor | None, n: int, c
             end = min(start + chunk, n)
             zt = _take(teacher, rows, start, end).float()
             p = torch.softmax(zt / tau, dim=1)
-            conf[start:end] = confidence_of(p, loss.mask_options.confidence_measure, zt / tau)
+            measure = loss.mask_options.confidence_measure
+            conf[start:end] = confidence_of(p, measure, zt / tau if measure == "entropy" else None)
             if k is not None:
                 mass += p.sum(dim=0)
                 member.index_fill_(0, zt.topk(min(k, classes), dim=1).indices.reshape(-1), True)

@@ -118,10 +118,7 @@ def sample_weights(conf: Tensor, direction: MaskDirection = "confident") -> Tens
     (``"confident"``, the paper's: trust the teacher where it is certain) or
     ``(1 − conf) / mean(1 − conf)`` (``"uncertain"``: weigh most the samples it is unsure of).
     All ones when the mean is 0."""
-    conf = conf.detach()
-    if direction == "confident":  # the original expression: values unchanged
-        return conf / conf.mean().clamp_min(torch.finfo(conf.dtype).tiny)
-    return confidence_weights(1.0 - conf)
+    return confidence_weights(conf if direction == "confident" else 1.0 - conf)
 
 
 def confidence_weights(conf: Tensor) -> Tensor:

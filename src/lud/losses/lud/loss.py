@@ -303,7 +303,7 @@ class LUDLoss(DistillationLoss):
             p = torch.softmax(zt / t, dim=1)  # one N×C softmax for all three
             cols = category_subset(zt, p.sum(dim=0), lo.category_top_k, lo.max_categories)
             cconf = restrict_columns(p, cols, lo.category_tail == "fold").mean(dim=0)
-            conf = p.amax(dim=1) if measure == "max_prob" else confidence_of(p, measure, zt / t)
+            conf = confidence_of(p, measure, zt / t if measure == "entropy" else None)
             return conf, cconf, cols
 
     def _thresholds(self, conf: Tensor, cconf: Tensor) -> tuple[Tensor, Tensor]:
