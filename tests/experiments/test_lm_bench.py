@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -375,3 +376,66 @@ def test_probe_table_summarises_the_curve() -> None:
     assert table.count("| s | fkl | fkl |") == 1  # one line per method and term: the first seed
     assert "| 0.5 → 1.5 | +1.000 | +0.600 | 3 |" in table
     assert lm_bench.probe_table([{**row, "curve": [{"step": 2}]}]) == ""  # no probe: no table
+
+
+def test_base_config_is_merged_key_by_key_and_loops_are_refused(tmp_path: Path) -> None:
+    import yaml
+
+    cfg = _config(tmp_path, _corpus(tmp_path / "corpus"))
+    child = tmp_path / "long.yaml"
+    child.write_text(yaml.safe_dump({"base": "lm.yaml", "train": {"steps": 9, "batch_size": 2},
+                                     "stages": {"test": {"seeds": [0, 1]}}}))
+    base, merged = lm_bench.load_lm_config(cfg), lm_bench.load_lm_config(child)
+    assert merged["train"] == {**base["train"], "steps": 9, "batch_size": 2}
+    assert merged["stages"]["screen"] == base["stages"]["screen"]
+    assert merged["stages"]["test"] == {"seeds": [0, 1]}
+    assert {k: v for k, v in merged.items() if k not in ("train", "stages")} == {
+        k: v for k, v in base.items() if k not in ("train", "stages")}
+    packaged = lm_bench.load_lm_config("stdlib_bpe8k_long")  # the packaged long-budget config
+    assert packaged["methods"] == lm_bench.load_lm_config("stdlib_bpe8k")["methods"]
+    assert packaged["train"]["steps"] * packaged["train"]["batch_size"] > 300 * 16
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(yaml.safe_dump({"base": "loop.yaml"}))
+    with pytest.raises(ValueError, match="'base' loops"):
+        lm_bench.load_lm_config(loop)
+
+
+def test_committed_results_are_restored_on_a_fresh_work_folder(tmp_path: Path) -> None:
+    """A fresh machine: the results folder holds runs the work folder lacks; they are kept."""
+    cfg = _config(tmp_path, _corpus(tmp_path / "corpus"))
+    _run("teacher", cfg, tmp_path)
+    _run("screen", cfg, tmp_path, methods=["ce"])
+    fresh, third = tmp_path / "fresh", tmp_path / "third"
+    for folder in (fresh, third):
+        for name in ("data", "teacher"):  # what a new machine rebuilds (the same teacher)
+            shutil.copytree(tmp_path / "work" / name, folder / name)
+    messages: list[str] = []
+    rows = lm_bench.run_stage("screen", cfg, work_dir=fresh, results_dir=tmp_path / "results",
+                              log=messages.append, methods=["fkl"])
+    assert [r["method"] for r in rows] == ["ce", "fkl"]  # ce restored, not retrained
+    assert any("restored 1 finished run" in m for m in messages)
+    assert not any("ce" in m and "seed 0 (" in m for m in messages)
+    table = (tmp_path / "results" / "screen.md").read_text()
+    assert "| ce |" in table and "| fkl |" in table
+    # --report-only trains nothing and rewrites the same tables
+    (tmp_path / "results" / "screen.md").unlink()
+    rows = lm_bench.run_stage("screen", cfg, work_dir=fresh, results_dir=tmp_path / "results",
+                              log=messages.append, methods=["kd"], train=False)
+    assert [r["method"] for r in rows] == ["ce", "fkl"]
+    assert not (fresh / "screen" / "tiny" / "kd").exists()
+    assert (tmp_path / "results" / "screen.md").read_text() == table
+    # results made with another teacher are refused, not silently dropped from the tables
+    data = json.loads((tmp_path / "results" / "screen.json").read_text())
+    data["runs"][0]["teacher"]["validation_perplexity"] += 1.0
+    (tmp_path / "results" / "screen.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="made with another teacher"):
+        lm_bench.run_stage("screen", cfg, work_dir=third, results_dir=tmp_path / "results",
+                           log=messages.append, methods=["ce"])
+
+
+def test_a_missing_cuda_device_is_a_value_error(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    cfg = _config(tmp_path, _corpus(tmp_path / "corpus"))
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        lm_bench.run_stage("teacher", cfg, work_dir=tmp_path / "w", results_dir=tmp_path / "r", device="cuda")

@@ -397,6 +397,10 @@ def _cmd_lm_bench(argv: list[str]) -> int:
     p.add_argument("--methods", help="comma-separated method labels of the config (default: the stage's)")
     p.add_argument("--students", help="comma-separated student names (default: the stage's)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the stage's)")
+    p.add_argument("--device", default="cpu", help="where models train and evaluate (default cpu; e.g. cuda)")
+    p.add_argument("--report-only", action="store_true",
+                   help="student stages: rewrite the tables and plots from the finished runs, "
+                        "training nothing")
     a = p.parse_args(argv)
 
     def split(text: str | None) -> list[str] | None:
@@ -405,7 +409,8 @@ def _cmd_lm_bench(argv: list[str]) -> int:
     seeds = split(a.seeds)
     run_stage(a.stage, a.config, work_dir=a.work_dir, results_dir=a.results_dir, img_dir=a.img_dir,
               methods=split(a.methods), students=split(a.students),
-              seeds=None if seeds is None else [int(x) for x in seeds])
+              seeds=None if seeds is None else [int(x) for x in seeds], device=a.device,
+              train=not a.report_only)
     return 0
 
 

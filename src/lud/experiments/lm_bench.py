@@ -72,14 +72,17 @@ def _log(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- config
-def load_lm_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_lm_config(name_or_path: str | os.PathLike[str], _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """A benchmark config: a YAML path, or the name of one in ``lud/lm_configs/`` (``stdlib_bpe8k``).
 
-    They are not under ``lud/configs/``: that tree holds the training configs
-    (``scripts/make_configs.py`` generates it), which these are not."""
+    ``base: NAME`` (a packaged name, or a path relative to the config's folder) starts from that
+    config and merges this one into it: mappings key by key, anything else replaced. They are not
+    under ``lud/configs/``: that tree holds the training configs (``scripts/make_configs.py``
+    generates it), which these are not."""
     path = Path(name_or_path)
     if path.is_file():
         text = path.read_text()
+        key, folder = str(path.resolve()), path.parent
     else:
         name = str(name_or_path).removesuffix(".yaml")
         res = resources.files("lud").joinpath("lm_configs", f"{name}.yaml")
@@ -88,13 +91,30 @@ def load_lm_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"no config file {name_or_path!r} and no packaged config 'lm_configs/{name}.yaml'"
             )
         text = res.read_text()
+        key, folder = f"lm_configs/{name}", None
+    if key in _seen:
+        raise ValueError(f"config {name_or_path!r}: 'base' loops ({' -> '.join((*_seen, key))})")
     cfg = yaml.safe_load(text)
     if not isinstance(cfg, dict):
         raise ValueError(f"config {name_or_path!r} is not a mapping")
-    for key in ("data", "model", "teacher", "students", "methods", "train", "eval"):
-        if key not in cfg:
-            raise ValueError(f"config {name_or_path!r} has no '{key}' section")
+    base = cfg.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ValueError(f"config {name_or_path!r}: 'base' must be a config name or path, got {base!r}")
+        local = folder / base if folder is not None else None
+        parent = load_lm_config(local if local is not None and local.is_file() else base, (*_seen, key))
+        cfg = _merged(parent, cfg)
+    for section in ("data", "model", "teacher", "students", "methods", "train", "eval"):
+        if section not in cfg:
+            raise ValueError(f"config {name_or_path!r} has no '{section}' section")
     return cfg
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 @dataclass(frozen=True)
@@ -236,15 +256,17 @@ def train_run(
     ``wall_s``; it is ``None`` when ``stop_after`` stopped the run early (as a kill would).
     ``teacher_top_k``: the loss sees only the teacher's top-k log-probabilities
     (:meth:`~lud.losses.TopKTeacher.from_logits` with float16 log-probs, what the offline cache
-    stores), not its dense logits.
+    stores), not its dense logits. Batches go to the model's device (the teacher and the loss must
+    be there too).
     """
+    device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warmup))
     step, curve, wall = 0, [], 0.0
     last = run / "last.pt"
     if last.exists():
         try:
-            ck = torch.load(last, weights_only=False)
+            ck = torch.load(last, weights_only=False, map_location=device)
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
@@ -264,7 +286,7 @@ def train_run(
     done_here = 0
     probe: dict[str, float] = {}
     while step < steps:
-        ids = _batch(train_stream, seq_len, batch_size, seed, step)
+        ids = _batch(train_stream, seq_len, batch_size, seed, step).to(device)
         logits = model(input_ids=ids).logits[:, :-1]
         labels = ids[:, 1:]
         t_logits = None
@@ -376,7 +398,9 @@ def _prompts(cfg: dict[str, Any], data: TextData, split: str) -> tuple[Tensor_, 
     return rows[:, :p], rows[:, p:]
 
 
-def _load_teacher(cfg: dict[str, Any], work: Path, data: TextData) -> torch.nn.Module:
+def _load_teacher(
+    cfg: dict[str, Any], work: Path, data: TextData, device: torch.device | None = None
+) -> torch.nn.Module:
     path = work / "teacher" / "teacher.pt"
     if not (work / "teacher" / "summary.json").exists() or not path.exists():
         raise ValueError(f"no trained teacher in {work / 'teacher'}: run 'lud lm-bench teacher' first")
@@ -393,8 +417,8 @@ def _load_teacher(cfg: dict[str, Any], work: Path, data: TextData) -> torch.nn.M
             "the teacher folder and the student runs made with it"
         )
     model = _model(cfg, t, data, 0)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    model.eval()
+    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    model.to(device or "cpu").eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -423,7 +447,12 @@ def _teacher_reference(
 
 
 def stage_teacher(
-    cfg: dict[str, Any], work: Path, results: Path, log: Log = _log, stop_after: int | None = None
+    cfg: dict[str, Any],
+    work: Path,
+    results: Path,
+    log: Log = _log,
+    stop_after: int | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any] | None:
     data = stage_data(cfg, work, log)
     run = work / "teacher"
@@ -440,7 +469,7 @@ def stage_teacher(
         summary = json.loads(summary_path.read_text())
         log(f"teacher done: validation perplexity {summary['validation']['perplexity']:.2f}")
         return summary
-    model = _model(cfg, t, data, int(t.get("seed", 0)))
+    model = _model(cfg, t, data, int(t.get("seed", 0))).to(device or "cpu")
     torch.manual_seed(int(t.get("seed", 0)))
     counts = param_counts(model)
     log(f"teacher: {counts}")
@@ -482,6 +511,7 @@ def stage_teacher(
             for c in state["curve"]
         ],
         "threads": torch.get_num_threads(),
+        "device": _device_name(device),
     }
     _atomic_json(summary_path, summary)
     results.mkdir(parents=True, exist_ok=True)
@@ -547,21 +577,25 @@ def run_student_stage(
     seeds: Sequence[int] | None = None,
     log: Log = _log,
     stop_after: int | None = None,
+    device: torch.device | None = None,
+    train: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate every planned run of ``stage`` (skipping finished ones); write results."""
+    """Train and evaluate every planned run of ``stage`` (skipping finished ones); write results.
+
+    Runs already in ``results/<stage>.json`` (committed by an earlier machine) are restored into
+    the work folder first (:func:`restore_runs`), so the tables keep them. ``train=False`` trains
+    nothing: it rewrites the tables from the finished runs."""
     s = _stage_settings(cfg, stage)
     labels = methods if methods is not None else s.get("methods")
     plan = _plan(cfg, stage, methods_of(cfg, labels), students, seeds)  # bad names: before any work
     data = stage_data(cfg, work, log)
-    teacher = _load_teacher(cfg, work, data)
-    t_summary = json.loads((work / "teacher" / "summary.json").read_text())
-    teacher_id = {
-        **t_summary["arch"],
-        **t_summary["train"],
-        "validation_perplexity": round(t_summary["validation"]["perplexity"], 4),
-    }
+    teacher = _load_teacher(cfg, work, data, device)
+    teacher_id = teacher_identity(work)
+    restore_runs(results, stage, work, teacher_id, log)
     split = "test" if stage == "test" else "validation"
     ref = _teacher_reference(cfg, work, data, teacher, split, log)
+    if not train:
+        plan = []
     eval_wins = _eval_windows(cfg, data, split)
     curve_wins = windows(
         data.tokens("validation"), int(cfg["model"]["seq_len"]), int(cfg["eval"]["curve_tokens"])
@@ -570,8 +604,8 @@ def run_student_stage(
     tok = data.tokenizer()
     train_stream = data.tokens("train")
     for i, (st, m, seed, trial) in enumerate(plan):
-        run = work / stage / st / m.label / (f"{trial}/" if trial else "") / f"seed{seed}"
-        run = Path(os.path.normpath(run))
+        where = {"stage": stage, "student": st, "method": m.label, "trial": trial, "seed": seed}
+        run = run_folder(work, where)
         spec = {
             "stage": stage,
             "student": st,
@@ -591,8 +625,8 @@ def run_student_stage(
             log(f"[{i + 1}/{len(plan)}] {st} {m.label} {trial} seed {seed}: done")
             continue
         log(f"[{i + 1}/{len(plan)}] {st} {m.label} {trial} seed {seed} ({m.loss} {m.params})")
-        model = _model(cfg, cfg["students"][st], data, 1000 + seed)
-        loss = build_loss(m.loss, **m.params)
+        model = _model(cfg, cfg["students"][st], data, 1000 + seed).to(device or "cpu")
+        loss = build_loss(m.loss, **m.params).to(device or "cpu")
         needs_teacher = getattr(loss, "requires_teacher", True)
         model, state = train_run(
             run,
@@ -631,6 +665,7 @@ def run_student_stage(
             "wall_s": state["wall_s"],
             "curve": state["curve"],
             "threads": torch.get_num_threads(),
+            "device": _device_name(device),
         }
         _atomic_json(summary_path, row)
         (run / "last.pt").unlink(missing_ok=True)
@@ -644,6 +679,67 @@ def run_student_stage(
     rows = finished_runs(work / stage)
     write_results(results, stage, rows, ref["metrics"])
     return rows
+
+
+def teacher_identity(work: Path) -> dict[str, Any]:
+    """What a student run records of its teacher: architecture, recipe, validation perplexity."""
+    t_summary = json.loads((work / "teacher" / "summary.json").read_text())
+    return {
+        **t_summary["arch"],
+        **t_summary["train"],
+        "validation_perplexity": round(t_summary["validation"]["perplexity"], 4),
+    }
+
+
+RUN_SPEC_KEYS = ("stage", "student", "arch", "method", "loss", "params", "teacher_top_k", "seed",
+                 "split", "train", "teacher")
+
+
+def run_folder(work: Path, row: dict[str, Any]) -> Path:
+    """``WORK/<stage>/<student>/<method>/[<trial>/]seed<k>`` of a run (its summary row)."""
+    trial = row.get("trial") or ""
+    run = work / row["stage"] / row["student"] / row["method"] / (f"{trial}/" if trial else "")
+    return Path(os.path.normpath(run / f"seed{row['seed']}"))
+
+
+def restore_runs(
+    results: Path, stage: str, work: Path, teacher_id: dict[str, Any], log: Log = _log
+) -> int:
+    """Put the runs of ``results/<stage>.json`` that the work folder lacks back into it.
+
+    The results folder is the durable record (committed); the work folder a cache that a fresh
+    machine does not have. A restored run gets its ``run.json`` and ``summary.json`` and is not
+    retrained. Runs made with another teacher are refused (``ValueError``): writing the stage's
+    tables from this work folder would drop them. Returns how many were restored."""
+    path = results / f"{stage}.json"
+    if not path.exists():
+        return 0
+    rows = json.loads(path.read_text()).get("runs") or []
+    other = [r for r in rows if r.get("teacher") != teacher_id]
+    if other:
+        raise ValueError(
+            f"{path} holds {len(other)} run(s) made with another teacher ({other[0].get('teacher')}; "
+            f"this work folder's: {teacher_id}): use another --results-dir, or retrain the teacher "
+            "that made them"
+        )
+    restored = 0
+    for row in rows:
+        run = run_folder(work, row)
+        if (run / "summary.json").exists():
+            continue
+        _check_run_json(run, {k: row[k] for k in RUN_SPEC_KEYS if k in row})
+        _atomic_json(run / "summary.json", row)
+        restored += 1
+    if restored:
+        log(f"restored {restored} finished run(s) of {path} into {work / stage}")
+    return restored
+
+
+def _device_name(device: torch.device | None) -> str:
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def finished_runs(stage_dir: Path) -> list[dict[str, Any]]:
@@ -852,11 +948,20 @@ def run_stage(
     seeds: Sequence[int] | None = None,
     log: Log = _log,
     stop_after: int | None = None,
+    device: str | torch.device | None = None,
+    train: bool = True,
 ) -> Any:
     """Run one stage (see the module docstring). ``stop_after`` stops a training run after that many
-    steps of this call, leaving it resumable (what a kill does; used by the tests)."""
+    steps of this call, leaving it resumable (what a kill does; used by the tests). ``device``:
+    where models train and evaluate (default the CPU; the data and batches are the same
+    everywhere, the values are not bit-identical across devices, and each row records its
+    device). ``train=False`` (student stages): rewrite the tables and plots from the finished
+    runs, training nothing."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available here")
     import transformers
 
     transformers.logging.set_verbosity_error()  # e.g. "pass an attention_mask": no padding here
@@ -869,7 +974,7 @@ def run_stage(
         log(json.dumps(data.meta["splits"], indent=1))
         return data.meta
     if stage == "teacher":
-        return stage_teacher(cfg, work, results, log, stop_after)
+        return stage_teacher(cfg, work, results, log, stop_after, dev)
     rows = run_student_stage(
         cfg,
         stage,
@@ -880,6 +985,8 @@ def run_stage(
         seeds=seeds,
         log=log,
         stop_after=stop_after,
+        device=dev,
+        train=train,
     )
     if img_dir is not None and rows and (results / f"{stage}.json").exists():
         plot_stage(results, stage, Path(img_dir))

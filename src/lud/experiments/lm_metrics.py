@@ -46,7 +46,7 @@ class TokenTally:
         if teacher_top1 is not None:
             self.agree += int((pred == teacher_top1).sum())
         self.count += int(targets.numel())
-        self.bins += ece_bins(logits, targets, self.n_bins)
+        self.bins += ece_bins(logits, targets, self.n_bins).cpu()
 
     def result(self) -> dict[str, float]:
         if self.count == 0:
@@ -86,6 +86,11 @@ def windows(stream: Tensor, seq_len: int, max_tokens: int | None = None) -> Tens
     return stream[: n * seq_len].view(n, seq_len)
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate_lm(
     model: torch.nn.Module,
@@ -97,20 +102,22 @@ def evaluate_lm(
 ) -> tuple[dict[str, float], Tensor]:
     """``(metrics, argmax)`` of ``model`` on windows ``(n, L)``; ``argmax`` is ``(n, L-1)``.
 
-    ``teacher_top1`` (``(n, L-1)``) gives the agreement.
+    ``teacher_top1`` (``(n, L-1)``) gives the agreement. The windows go to the model's device;
+    ``argmax`` comes back on the CPU.
     """
     was_training = model.training
     model.eval()
+    device = _device_of(model)
     tally = TokenTally(n_bins)
     tops = []
     for i in range(0, len(wins), batch_size):
-        ids = wins[i : i + batch_size]
+        ids = wins[i : i + batch_size].to(device)
         logits = model(input_ids=ids).logits[:, :-1].float()
         flat = logits.reshape(-1, logits.shape[-1])
         target = ids[:, 1:].reshape(-1)
-        t1 = None if teacher_top1 is None else teacher_top1[i : i + batch_size].reshape(-1)
+        t1 = None if teacher_top1 is None else teacher_top1[i : i + batch_size].reshape(-1).to(device)
         tally.add(flat, target, t1)
-        tops.append(logits.argmax(-1))
+        tops.append(logits.argmax(-1).cpu())
     model.train(was_training)
     return tally.result(), torch.cat(tops)
 
@@ -119,17 +126,18 @@ def evaluate_lm(
 def greedy_continuations(model: torch.nn.Module, prompts: Tensor, new_tokens: int) -> Tensor:
     """Greedy continuations ``(n, new_tokens)`` of ``(n, P)`` prompts (no sampling, no cache).
 
-    The context is cut to the model's ``n_positions`` if the sequence grows past it.
+    The context is cut to the model's ``n_positions`` if the sequence grows past it. The prompts
+    go to the model's device; the continuations come back on the CPU.
     """
     was_training = model.training
     model.eval()
     limit = int(getattr(model.config, "n_positions", prompts.shape[1] + new_tokens))
-    seq = prompts
+    seq = prompts.to(_device_of(model))
     for _ in range(new_tokens):
         logits = model(input_ids=seq[:, -limit:]).logits[:, -1]
         seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
     model.train(was_training)
-    return seq[:, prompts.shape[1] :]
+    return seq[:, prompts.shape[1] :].cpu()
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
