@@ -87,6 +87,7 @@ FOLDERS: dict[str, str] = {
     "test_integrations_tokens.py": "integrations",
     "test_integrations_topk.py": "integrations",
     "test_integrations_trl.py": "integrations",
+    "test_integrations_lm_trl.py": "integrations",
     "test_padded_vocab.py": "integrations",
     "test_token_normalisation.py": "integrations",
     "test_lm_bench.py": "experiments",

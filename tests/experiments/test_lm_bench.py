@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -17,73 +16,12 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from conftest import lm_config as _config  # noqa: E402
+from conftest import lm_corpus as _corpus  # noqa: E402
+
 from lud.data.text import build_text_data, list_documents, split_documents  # noqa: E402
 from lud.experiments import lm_bench  # noqa: E402
 from lud.experiments.lm_metrics import token_metrics  # noqa: E402
-
-WORDS = (
-    "def return import class self value index items print lambda yield while for if else "
-    "try except with open read write list dict tuple range len sum max min"
-).split()
-
-
-def _corpus(root: Path, n: int = 12) -> Path:
-    rng = random.Random(0)
-    for i in range(n):
-        sub = root / ("pkg" if i % 2 else "") / ("tests" if i == 5 else "")
-        sub.mkdir(parents=True, exist_ok=True)
-        lines = [f"def f{i}_{j}(x):\n    return {' '.join(rng.choices(WORDS, k=8))}\n" for j in range(40)]
-        (sub / f"mod{i}.py").write_text("".join(lines))
-    (root / "notes.txt").write_text("not a document")
-    return root
-
-
-def _config(tmp: Path, corpus: Path) -> Path:
-    cfg = {
-        "data": {"root": str(corpus), "vocab_size": 300, "seed": 0, "fractions": [0.2, 0.2]},
-        "model": {"seq_len": 16},
-        "teacher": {
-            "layers": 1,
-            "width": 32,
-            "heads": 2,
-            "steps": 6,
-            "batch_size": 4,
-            "lr": 3e-3,
-            "warmup": 2,
-            "eval_every": 3,
-            "checkpoint_every": 1,
-            "seed": 0,
-        },
-        "students": {"tiny": {"layers": 1, "width": 16, "heads": 2}},
-        "train": {
-            "steps": 4,
-            "batch_size": 4,
-            "lr": 3e-3,
-            "warmup": 1,
-            "eval_every": 2,
-            "checkpoint_every": 1,
-        },
-        "eval": {
-            "max_tokens": 256,
-            "curve_tokens": 64,
-            "batch_size": 8,
-            "prompts": 3,
-            "prompt_tokens": 4,
-            "new_tokens": 4,
-        },
-        "methods": {
-            "ce": {"loss": "ce"},
-            "fkl": {"loss": "fkl"},
-            "kd": {"loss": "kd", "image_defaults": True},
-            "lud": {"loss": "lud", "params": {"category_top_k": 4, "sample_max_rows": 16}},
-        },
-        "stages": {"screen": {"students": ["tiny"], "seeds": [0], "methods": ["ce", "fkl"]}},
-    }
-    import yaml
-
-    path = tmp / "lm.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_split_is_by_document_disjoint_and_deterministic(tmp_path: Path) -> None:

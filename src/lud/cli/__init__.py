@@ -28,7 +28,7 @@ _COMMANDS = {
     "report": "plots and a Markdown page for a run folder or a benchmark folder",
     "list": "list registered losses, models and data sets, and the packaged configs",
     "config": "show a config fully resolved: bases merged, overrides applied, loss parameters",
-    "lm-bench": "language-model benchmark, by stage: data, teacher, screen, tune, test",
+    "lm-bench": "language-model benchmark, by stage: data, teacher, screen, tune, test, trl",
     "demo": "run the built-in demonstration",
     "cache-teacher": "write a teacher's top-k log-probabilities over a tokenized data set (resumable)",
 }
@@ -388,7 +388,8 @@ def _cmd_lm_bench(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="lud lm-bench", description=_COMMANDS["lm-bench"],
                                 epilog="Finished runs are never retrained: rerun the same command to resume.")
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=(*STAGES, "trl"),
+                   help="trl: the on- and off-policy rows through TRL's GKD (the config's 'trl:' section)")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help=f"YAML file or packaged name (default {DEFAULT_CONFIG})")
     p.add_argument("--work-dir", default="runs/lm", help="data and checkpoints (default runs/lm)")
@@ -407,6 +408,14 @@ def _cmd_lm_bench(argv: list[str]) -> int:
         return None if text is None else [t for t in text.split(",") if t]
 
     seeds = split(a.seeds)
+    if a.stage == "trl":
+        from ..integrations.lm_trl import run_trl_stage
+
+        run_trl_stage(a.config, work_dir=a.work_dir, results_dir=a.results_dir, img_dir=a.img_dir,
+                      methods=split(a.methods), students=split(a.students),
+                      seeds=None if seeds is None else [int(x) for x in seeds], device=a.device,
+                      train=not a.report_only)
+        return 0
     run_stage(a.stage, a.config, work_dir=a.work_dir, results_dir=a.results_dir, img_dir=a.img_dir,
               methods=split(a.methods), students=split(a.students),
               seeds=None if seeds is None else [int(x) for x in seeds], device=a.device,

@@ -703,14 +703,20 @@ def run_folder(work: Path, row: dict[str, Any]) -> Path:
 
 
 def restore_runs(
-    results: Path, stage: str, work: Path, teacher_id: dict[str, Any], log: Log = _log
+    results: Path,
+    stage: str,
+    work: Path,
+    teacher_id: dict[str, Any],
+    log: Log = _log,
+    spec_keys: Sequence[str] = RUN_SPEC_KEYS,
 ) -> int:
     """Put the runs of ``results/<stage>.json`` that the work folder lacks back into it.
 
     The results folder is the durable record (committed); the work folder a cache that a fresh
     machine does not have. A restored run gets its ``run.json`` and ``summary.json`` and is not
-    retrained. Runs made with another teacher are refused (``ValueError``): writing the stage's
-    tables from this work folder would drop them. Returns how many were restored."""
+    retrained (``spec_keys``: the row keys its ``run.json`` holds). Runs made with another teacher
+    are refused (``ValueError``): writing the stage's tables from this work folder would drop
+    them. Returns how many were restored."""
     path = results / f"{stage}.json"
     if not path.exists():
         return 0
@@ -727,7 +733,7 @@ def restore_runs(
         run = run_folder(work, row)
         if (run / "summary.json").exists():
             continue
-        _check_run_json(run, {k: row[k] for k in RUN_SPEC_KEYS if k in row})
+        _check_run_json(run, {k: row[k] for k in spec_keys if k in row})
         _atomic_json(run / "summary.json", row)
         restored += 1
     if restored:
