@@ -741,6 +741,14 @@ def restore_runs(
     return restored
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` (default the CPU); ``ValueError`` for CUDA where there is none."""
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available here")
+    return dev
+
+
 def _device_name(device: torch.device | None) -> str:
     device = torch.device(device or "cpu")
     if device.type == "cuda":
@@ -965,9 +973,7 @@ def run_stage(
     runs, training nothing."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
-    dev = torch.device(device or "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available here")
+    dev = resolve_device(device)
     import transformers
 
     transformers.logging.set_verbosity_error()  # e.g. "pass an attention_mask": no padding here

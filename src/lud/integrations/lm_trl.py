@@ -144,9 +144,7 @@ def run_trl_stage(
         if st not in cfg["students"]:
             raise ValueError(f"unknown student {st!r}; the config has: {', '.join(cfg['students'])}")
     seed_list = list(seeds if seeds is not None else section.get("seeds", [0]))
-    dev = torch.device(device or "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available here")
+    dev = lb.resolve_device(device)
     s = dict(cfg["train"])
     seq_len = int(cfg["model"]["seq_len"])
     prompt_tokens = int(section.get("prompt_tokens", seq_len // 2))
