@@ -26,16 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lud.experiments.lm_bench import _stage_settings, load_lm_config  # noqa: E402
+from lud.experiments.lm_bench import _plan, _stage_settings, load_lm_config, methods_of  # noqa: E402
 
 
 def jobs_of(cfg: dict, stage: str, methods: list[str] | None, students: list[str] | None,
             seeds: list[int] | None) -> list[tuple[int, str, str]]:
-    s = _stage_settings(cfg, stage)
-    ms = methods or list(s.get("methods") or cfg["methods"])
-    sts = students or list(s.get("students") or cfg["students"])
-    sds = seeds if seeds is not None else list(s.get("seeds", [0]))
-    return [(k, st, m) for k in sds for st in sts for m in ms]
+    """``(seed, student, method)`` of the runner's plan (trials run inside one job), seed first."""
+    labels = methods or _stage_settings(cfg, stage).get("methods")
+    plan = _plan(cfg, stage, methods_of(cfg, labels), students, seeds)
+    jobs = dict.fromkeys((seed, st, m.label) for st, m, seed, _trial in plan)
+    return sorted(jobs, key=lambda job: job[0])  # stable: students and methods in plan order
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(queue)} jobs, {a.jobs} at a time, deadline {a.deadline} s", flush=True)
     while queue or running:
         late = a.deadline is not None and time.monotonic() - t0 > a.deadline
-        while queue and len(running) < a.jobs and not late:
+        if late:
+            queue.clear()  # nothing new starts after the deadline
+        while queue and len(running) < a.jobs:
             seed, st, m = job = queue.pop(0)
             cmd = [sys.executable, "-m", "lud", "lm-bench", a.stage, "--config", a.config,
                    "--device", a.device, "--work-dir", a.work_dir, "--results-dir", a.results_dir,
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
             running[proc] = (job, time.monotonic())
         if late and running:
-            print(f"deadline: stopping {len(running)} running job(s); {len(queue)} not started", flush=True)
+            print(f"deadline: stopping {len(running)} running job(s)", flush=True)
             for proc in running:
                 proc.terminate()
             for proc, (job, start) in running.items():
@@ -93,15 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                     proc.wait()
                 done.append((job, -1, time.monotonic() - start))
             running.clear()
-            queue.clear()
-            break
         for proc in [q for q in running if q.poll() is not None]:
             job, start = running.pop(proc)
             done.append((job, proc.returncode, time.monotonic() - start))
             print(f"[{time.monotonic() - t0:6.0f} s] seed {job[0]} {job[1]} {job[2]}: rc {proc.returncode} "
                   f"({done[-1][2]:.0f} s)", flush=True)
-        if late:
-            queue.clear()
         time.sleep(0.5)
     print(f"jobs finished in {time.monotonic() - t0:.0f} s; writing the tables", flush=True)
     report = [sys.executable, "-m", "lud", "lm-bench", a.stage, "--config", a.config, "--report-only",
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
               "--methods", ",".join(dict.fromkeys(j[2] for j in todo)),
               "--students", ",".join(dict.fromkeys(j[1] for j in todo))]
     rc = subprocess.call(report, env=env)
-    failed = [j for j, code, _ in done if code not in (0,)]
+    failed = [j for j, code, _ in done if code != 0]
     print(f"{len(done) - len(failed)} jobs ok, {len(failed)} failed or stopped: {failed}", flush=True)
     return 1 if rc or any(code > 0 for _, code, _ in done) else 0
 

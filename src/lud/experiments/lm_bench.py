@@ -52,7 +52,7 @@ from ..data.text import TextData, build_text_data
 from ..losses.registry import build_loss, loss_entry
 from ..losses.topk import TopKTeacher
 from ..models.gpt import build_gpt2, param_counts
-from .lm_metrics import evaluate_lm, greedy_continuations, rouge_l, windows
+from .lm_metrics import evaluate_lm, greedy_continuations, model_device, rouge_l, windows
 
 __all__ = [
     "STAGES",
@@ -259,7 +259,7 @@ def train_run(
     stores), not its dense logits. Batches go to the model's device (the teacher and the loss must
     be there too).
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warmup))
     step, curve, wall = 0, [], 0.0
@@ -588,21 +588,11 @@ def run_student_stage(
     s = _stage_settings(cfg, stage)
     labels = methods if methods is not None else s.get("methods")
     plan = _plan(cfg, stage, methods_of(cfg, labels), students, seeds)  # bad names: before any work
-    data = stage_data(cfg, work, log)
-    teacher = _load_teacher(cfg, work, data, device)
-    teacher_id = teacher_identity(work)
-    restore_runs(results, stage, work, teacher_id, log)
     split = "test" if stage == "test" else "validation"
-    ref = _teacher_reference(cfg, work, data, teacher, split, log)
+    inputs = stage_inputs(cfg, stage, split, work, results, device, log)
+    data, teacher, teacher_id, ref = inputs.data, inputs.teacher, inputs.teacher_id, inputs.ref
     if not train:
         plan = []
-    eval_wins = _eval_windows(cfg, data, split)
-    curve_wins = windows(
-        data.tokens("validation"), int(cfg["model"]["seq_len"]), int(cfg["eval"]["curve_tokens"])
-    )
-    prompts, refs = _prompts(cfg, data, split)
-    tok = data.tokenizer()
-    train_stream = data.tokens("train")
     for i, (st, m, seed, trial) in enumerate(plan):
         where = {"stage": stage, "student": st, "method": m.label, "trial": trial, "seed": seed}
         run = run_folder(work, where)
@@ -633,8 +623,8 @@ def run_student_stage(
             model=model,
             loss=loss,
             teacher=teacher if needs_teacher else None,
-            train_stream=train_stream,
-            curve_windows=curve_wins,
+            train_stream=inputs.train_stream,
+            curve_windows=inputs.curve_windows,
             seq_len=int(cfg["model"]["seq_len"]),
             steps=int(s["steps"]),
             batch_size=int(s["batch_size"]),
@@ -650,12 +640,7 @@ def run_student_stage(
         )
         if state is None:
             return finished_runs(work / stage)
-        metrics, _ = evaluate_lm(
-            model, eval_wins, batch_size=int(cfg["eval"]["batch_size"]), teacher_top1=ref["top1"].long()
-        )
-        cont = tok.decode_batch(greedy_continuations(model, prompts, refs.shape[1]).tolist())
-        metrics["rougeL_ref"] = rouge_l(cont, ref["references"])
-        metrics["rougeL_teacher"] = rouge_l(cont, ref["continuations"])
+        metrics = held_out_metrics(cfg, model, inputs)
         row = {
             **spec,
             "display": m.display,
@@ -679,6 +664,58 @@ def run_student_stage(
     rows = finished_runs(work / stage)
     write_results(results, stage, rows, ref["metrics"])
     return rows
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What every student run of a stage shares: data, teacher and its references, eval windows."""
+
+    data: TextData
+    teacher: torch.nn.Module
+    teacher_id: dict[str, Any]
+    ref: dict[str, Any]  # the teacher's argmax, metrics and continuations on the split
+    eval_windows: Tensor_
+    curve_windows: Tensor_
+    prompts: Tensor_
+    references: Tensor_
+    train_stream: Tensor_
+
+
+def stage_inputs(
+    cfg: dict[str, Any],
+    stage: str,
+    split: str,
+    work: Path,
+    results: Path,
+    device: torch.device | None = None,
+    log: Log = _log,
+    spec_keys: Sequence[str] | None = None,
+) -> StageInputs:
+    """Load the data and teacher, restore the committed runs of ``stage`` (:func:`restore_runs`),
+    compute (or read) the teacher's references on ``split``."""
+    data = stage_data(cfg, work, log)
+    teacher = _load_teacher(cfg, work, data, device)
+    teacher_id = teacher_identity(work)
+    restore_runs(results, stage, work, teacher_id, log, spec_keys or RUN_SPEC_KEYS)
+    ref = _teacher_reference(cfg, work, data, teacher, split, log)
+    prompts, refs = _prompts(cfg, data, split)
+    curve = windows(data.tokens("validation"), int(cfg["model"]["seq_len"]), int(cfg["eval"]["curve_tokens"]))
+    return StageInputs(data, teacher, teacher_id, ref, _eval_windows(cfg, data, split), curve, prompts, refs,
+                       data.tokens("train"))
+
+
+def held_out_metrics(cfg: dict[str, Any], model: torch.nn.Module, inputs: StageInputs) -> dict[str, float]:
+    """The row metrics of a trained student: token metrics on the split's windows (with the
+    teacher's argmax), ROUGE-L of its greedy continuations against the references and the teacher's."""
+    metrics, _ = evaluate_lm(
+        model, inputs.eval_windows, batch_size=int(cfg["eval"]["batch_size"]),
+        teacher_top1=inputs.ref["top1"].long(),
+    )
+    tok = inputs.data.tokenizer()
+    cont = tok.decode_batch(greedy_continuations(model, inputs.prompts, inputs.references.shape[1]).tolist())
+    metrics["rougeL_ref"] = rouge_l(cont, inputs.ref["references"])
+    metrics["rougeL_teacher"] = rouge_l(cont, inputs.ref["continuations"])
+    return metrics
 
 
 def teacher_identity(work: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ __all__ = [
     "TokenTally",
     "evaluate_lm",
     "greedy_continuations",
+    "model_device",
     "rouge_l",
     "token_metrics",
     "windows",
@@ -86,7 +87,8 @@ def windows(stream: Tensor, seq_len: int, max_tokens: int | None = None) -> Tens
     return stream[: n * seq_len].view(n, seq_len)
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
 
@@ -107,7 +109,7 @@ def evaluate_lm(
     """
     was_training = model.training
     model.eval()
-    device = _device_of(model)
+    device = model_device(model)
     tally = TokenTally(n_bins)
     tops = []
     for i in range(0, len(wins), batch_size):
@@ -132,7 +134,7 @@ def greedy_continuations(model: torch.nn.Module, prompts: Tensor, new_tokens: in
     was_training = model.training
     model.eval()
     limit = int(getattr(model.config, "n_positions", prompts.shape[1] + new_tokens))
-    seq = prompts.to(_device_of(model))
+    seq = prompts.to(model_device(model))
     for _ in range(new_tokens):
         logits = model(input_ids=seq[:, -limit:]).logits[:, -1]
         seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)

@@ -51,7 +51,7 @@ from transformers import TrainerCallback
 from trl.experimental.gkd import GKDConfig
 
 from lud.experiments import lm_bench as lb
-from lud.experiments.lm_metrics import evaluate_lm, greedy_continuations, rouge_l, windows
+from lud.experiments.lm_metrics import evaluate_lm
 
 from .trl import GKDDistillationTrainer
 
@@ -151,17 +151,9 @@ def run_trl_stage(
     if not 1 <= prompt_tokens < seq_len:
         raise ValueError(f"trl.prompt_tokens must be in [1, {seq_len - 1}], got {prompt_tokens}")
     work, results = Path(work_dir), Path(results_dir)
-    data = lb.stage_data(cfg, work, log)
-    teacher = lb._load_teacher(cfg, work, data, dev)
-    teacher_id = lb.teacher_identity(work)
-    lb.restore_runs(results, STAGE, work, teacher_id, log, SPEC_KEYS)
-    ref = lb._teacher_reference(cfg, work, data, teacher, "test", log)
-    eval_wins = lb._eval_windows(cfg, data, "test")
-    curve_wins = windows(data.tokens("validation"), seq_len, int(cfg["eval"]["curve_tokens"]))
-    prompts, refs = lb._prompts(cfg, data, "test")
-    tok = data.tokenizer()
+    inputs = lb.stage_inputs(cfg, STAGE, "test", work, results, dev, log, SPEC_KEYS)
+    data, teacher_id = inputs.data, inputs.teacher_id
     hf_tok = _tokenizer(data)
-    train_stream = data.tokens("train")
     steps, batch = int(s["steps"]), int(s["batch_size"])
     eval_every = int(s.get("eval_every", 100))
     plan = [(st, r, seed) for st in studs for r in rows for seed in seed_list] if train else []
@@ -181,8 +173,8 @@ def run_trl_stage(
         opt = torch.optim.AdamW(model.parameters(), lr=float(s["lr"]), betas=(0.9, 0.95),
                                 weight_decay=float(s.get("weight_decay", 0.1)))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lb._lr_lambda(steps, int(s.get("warmup", 50))))
-        ids = torch.cat([lb._batch(train_stream, seq_len, batch, seed, k) for k in range(steps)])
-        curve = _Curve(model, curve_wins, batch, eval_every, steps, log)
+        ids = torch.cat([lb._batch(inputs.train_stream, seq_len, batch, seed, k) for k in range(steps)])
+        curve = _Curve(model, inputs.curve_windows, batch, eval_every, steps, log)
         args = GKDConfig(
             output_dir=str(run / "trainer"), max_steps=steps, per_device_train_batch_size=batch,
             learning_rate=float(s["lr"]), lmbda=r.lmbda, seq_kd=False, max_new_tokens=seq_len - prompt_tokens,
@@ -190,19 +182,14 @@ def run_trl_stage(
             use_cpu=dev.type == "cpu", save_strategy="no", disable_tqdm=True, seed=seed,
             dataloader_num_workers=0)
         dataset = datasets.Dataset.from_dict({"ids": ids.tolist()})
-        trainer = _SequentialGKD(model=model, teacher_model=teacher, args=args, processing_class=hf_tok,
-                                 data_collator=_collator(prompt_tokens), train_dataset=dataset,
-                                 optimizers=(opt, sched), callbacks=[curve], loss=m.loss,
-                                 loss_params=m.params)
+        trainer = _SequentialGKD(model=model, teacher_model=inputs.teacher, args=args,
+                                 processing_class=hf_tok, data_collator=_collator(prompt_tokens),
+                                 train_dataset=dataset, optimizers=(opt, sched), callbacks=[curve],
+                                 loss=m.loss, loss_params=m.params)
         t0 = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - t0
-        model.eval()
-        metrics, _ = evaluate_lm(model, eval_wins, batch_size=int(cfg["eval"]["batch_size"]),
-                                 teacher_top1=ref["top1"].long())
-        cont = tok.decode_batch(greedy_continuations(model, prompts, refs.shape[1]).tolist())
-        metrics["rougeL_ref"] = rouge_l(cont, ref["references"])
-        metrics["rougeL_teacher"] = rouge_l(cont, ref["continuations"])
+        metrics = lb.held_out_metrics(cfg, model, inputs)
         row = {**spec, "display": r.display, "trial": "", "image_defaults": False, "metrics": metrics,
                "wall_s": wall, "curve": curve.points(), "threads": torch.get_num_threads(),
                "device": lb._device_name(dev), "generations": trainer.generations}
@@ -210,10 +197,10 @@ def run_trl_stage(
         log(f"  ppl {metrics['perplexity']:.2f} acc {metrics['accuracy']:.4f} "
             f"agree {metrics['agreement']:.4f} ece {metrics['ece']:.4f} "
             f"({wall:.0f} s, {trainer.generations} on-policy steps)")
-        lb.write_results(results, STAGE, lb.finished_runs(work / STAGE), ref["metrics"])
+        lb.write_results(results, STAGE, lb.finished_runs(work / STAGE), inputs.ref["metrics"])
     done = lb.finished_runs(work / STAGE)
     if done:
-        lb.write_results(results, STAGE, done, ref["metrics"])
+        lb.write_results(results, STAGE, done, inputs.ref["metrics"])
         if img_dir is not None:
             lb.plot_stage(results, STAGE, Path(img_dir))
     return done
